@@ -1,0 +1,17 @@
+//! The object machinery every component shares: the resource registry, `Status` errors,
+//! metadata helpers, selectors, patches, defaulting, validation and table printing.
+//!
+//! Objects are `serde_json::Value`s here; typed k8s-openapi structs are used only to check
+//! shapes and to generate schemas. Nothing in this room performs I/O.
+
+pub mod decode;
+pub mod defaults;
+pub mod field_error;
+pub mod field_selector;
+pub mod meta;
+pub mod patch;
+pub mod registry;
+pub mod selector;
+pub mod status;
+pub mod table;
+pub mod validation;

@@ -1,0 +1,175 @@
+//! Authentication and authorization of API requests.
+//!
+//! Authentication turns a verified client certificate or a bearer token into a [`UserInfo`];
+//! authorization answers allow/deny for request attributes behind the [`Authorizer`] trait, so
+//! RBAC can replace [`MastersOnly`] without touching handlers. Neither looks at bodies.
+
+use std::sync::Arc;
+
+use crate::pki::{ClientIdentity, ServiceAccountKey};
+
+use super::request::RequestInfo;
+
+/// Group every authenticated user is in.
+pub const AUTHENTICATED: &str = "system:authenticated";
+/// Group of cluster administrators.
+pub const MASTERS: &str = "system:masters";
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UserInfo {
+    pub name: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+    /// Extra attributes (e.g. the service account's pod) as upstream's `user.Info.GetExtra`.
+    pub extra: Vec<(String, Vec<String>)>,
+}
+
+impl UserInfo {
+    /// Whether this is the anonymous user (no credentials).
+    pub fn is_anonymous(&self) -> bool {
+        self.name == "system:anonymous"
+    }
+
+    /// The anonymous user.
+    pub fn anonymous() -> UserInfo {
+        UserInfo {
+            name: "system:anonymous".into(),
+            groups: vec!["system:unauthenticated".into()],
+            ..Default::default()
+        }
+    }
+
+    /// A user from a client certificate's subject.
+    pub fn from_cert(id: ClientIdentity) -> UserInfo {
+        let mut groups = id.groups;
+        if !groups.iter().any(|g| g == AUTHENTICATED) {
+            groups.push(AUTHENTICATED.into());
+        }
+        UserInfo { name: id.user, groups, ..Default::default() }
+    }
+}
+
+/// Authenticates bearer tokens.
+pub struct TokenAuthenticator {
+    sa_key: Arc<ServiceAccountKey>,
+}
+
+impl TokenAuthenticator {
+    pub fn new(sa_key: Arc<ServiceAccountKey>) -> Self {
+        TokenAuthenticator { sa_key }
+    }
+
+    /// A service-account JWT signed by this cluster; None when the token is not valid.
+    pub fn authenticate(&self, token: &str) -> Option<UserInfo> {
+        let claims = self.sa_key.verify(token).ok()?;
+        let sub = claims.get("sub")?.as_str()?;
+        let rest = sub.strip_prefix("system:serviceaccount:")?;
+        let (ns, _name) = rest.split_once(':')?;
+        let uid = claims
+            .pointer("/kubernetes.io/serviceaccount/uid")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        Some(UserInfo {
+            name: sub.to_string(),
+            uid,
+            groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}"), AUTHENTICATED.into()],
+            extra: Vec::new(),
+        })
+    }
+}
+
+/// The outcome of an authorization check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// Denied, with the reason appended to upstream's "forbidden" message (may be empty).
+    Deny(String),
+}
+
+/// Decides whether a user may perform a request.
+pub trait Authorizer: Send + Sync {
+    fn authorize(&self, user: &UserInfo, req: &RequestInfo) -> Decision;
+}
+
+/// The authorizer until RBAC lands: `system:masters` may do everything, others nothing
+/// except discovery, health and their own identity reviews.
+pub struct MastersOnly;
+
+/// Requests any authenticated user may make (upstream grants these through the
+/// `system:discovery`, `system:basic-user` and `system:public-info-viewer` roles).
+fn is_basic_request(req: &RequestInfo) -> bool {
+    if !req.is_resource_request {
+        return true;
+    }
+    req.verb == "create"
+        && matches!(
+            (req.group.as_str(), req.resource.as_str()),
+            ("authentication.k8s.io", "selfsubjectreviews")
+                | ("authorization.k8s.io", "selfsubjectaccessreviews")
+                | ("authorization.k8s.io", "selfsubjectrulesreviews")
+        )
+}
+
+impl Authorizer for MastersOnly {
+    fn authorize(&self, user: &UserInfo, req: &RequestInfo) -> Decision {
+        if user.groups.iter().any(|g| g == MASTERS) || is_basic_request(req) {
+            Decision::Allow
+        } else {
+            Decision::Deny(String::new())
+        }
+    }
+}
+
+/// Upstream's forbidden message body: `User "x" cannot list resource "pods" in API group "" in the namespace "y"`.
+pub fn forbidden_message(user: &UserInfo, req: &RequestInfo, reason: &str) -> String {
+    let mut msg = if req.is_resource_request {
+        let resource = if req.subresource.is_empty() {
+            req.resource.clone()
+        } else {
+            format!("{}/{}", req.resource, req.subresource)
+        };
+        let mut m = format!(
+            "User \"{}\" cannot {} resource \"{}\" in API group \"{}\"",
+            user.name, req.verb, resource, req.group
+        );
+        if req.namespace.is_empty() {
+            m.push_str(" at the cluster scope");
+        } else {
+            m.push_str(&format!(" in the namespace \"{}\"", req.namespace));
+        }
+        m
+    } else {
+        format!("User \"{}\" cannot {} path \"{}\"", user.name, req.verb, req.path)
+    };
+    if !reason.is_empty() {
+        msg.push_str(": ");
+        msg.push_str(reason);
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masters_only() {
+        let admin = UserInfo { name: "system:admin".into(), groups: vec![MASTERS.into()], ..Default::default() };
+        let bob = UserInfo { name: "bob".into(), groups: vec![AUTHENTICATED.into()], ..Default::default() };
+        let req = RequestInfo {
+            is_resource_request: true,
+            verb: "list".into(),
+            resource: "pods".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        };
+        assert_eq!(MastersOnly.authorize(&admin, &req), Decision::Allow);
+        assert_eq!(MastersOnly.authorize(&bob, &req), Decision::Deny(String::new()));
+        assert_eq!(
+            forbidden_message(&bob, &req, ""),
+            "User \"bob\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""
+        );
+    }
+}

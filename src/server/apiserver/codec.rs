@@ -1,0 +1,157 @@
+//! Bytes in, bytes out: request bodies to JSON values, objects to their stored form, and the
+//! stored form back to what clients see (with `metadata.resourceVersion`).
+//!
+//! Stored objects never contain `resourceVersion`: the store's revision is the truth, and it is
+//! spliced into the JSON text on the way out so a `get` or a large `list` needs no parse.
+//! Objects are always stored with `apiVersion`, `kind` and `metadata` as their first keys, which
+//! makes the splice point the first `"metadata":{`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::{Map, Value};
+
+use crate::api::status::ApiError;
+
+/// Largest request body accepted (upstream's limit is 3 MiB).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// Media type of a request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    Json,
+    Yaml,
+}
+
+/// Decodes a JSON or YAML body into a value; a parse failure is a 400.
+pub fn decode_body(bytes: &[u8], format: BodyFormat) -> Result<Value, ApiError> {
+    if bytes.len() > MAX_BODY {
+        return Err(ApiError::too_large(MAX_BODY));
+    }
+    match format {
+        BodyFormat::Json => serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request(format!("error decoding JSON request body: {e}"))),
+        BodyFormat::Yaml => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| ApiError::bad_request("error decoding YAML request body: not UTF-8"))?;
+            // JSON is YAML; parse JSON first so numbers keep their exact form.
+            if let Ok(v) = serde_json::from_str::<Value>(text) {
+                return Ok(v);
+            }
+            serde_yaml::from_str::<Value>(text)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML request body: {e}")))
+        }
+    }
+}
+
+/// Serializes an object for the store: `apiVersion`, `kind`, `metadata` first, no
+/// `resourceVersion`.
+pub fn encode_for_store(obj: &Value) -> Result<Bytes, ApiError> {
+    let map = obj.as_object().ok_or_else(|| ApiError::internal("object is not a JSON object"))?;
+    let mut ordered = Map::with_capacity(map.len());
+    for key in ["apiVersion", "kind", "metadata"] {
+        if let Some(v) = map.get(key) {
+            let mut v = v.clone();
+            if key == "metadata"
+                && let Some(m) = v.as_object_mut()
+            {
+                m.remove("resourceVersion");
+            }
+            ordered.insert(key.to_string(), v);
+        }
+    }
+    if !ordered.contains_key("metadata") {
+        ordered.insert("metadata".into(), Value::Object(Map::new()));
+    }
+    for (k, v) in map {
+        if !ordered.contains_key(k) {
+            ordered.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::to_vec(&Value::Object(ordered)).map(Bytes::from).map_err(ApiError::internal)
+}
+
+const META_KEY: &[u8] = b"\"metadata\":{";
+
+/// Returns the stored JSON with `metadata.resourceVersion` set to `rev`.
+pub fn with_resource_version(stored: &[u8], rev: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(stored.len() + 32);
+    splice_into(&mut out, stored, rev);
+    out.freeze()
+}
+
+/// Appends the stored JSON with `resourceVersion` spliced in to `out`.
+pub fn splice_into(out: &mut BytesMut, stored: &[u8], rev: u64) {
+    match find(stored, META_KEY) {
+        Some(pos) => {
+            let at = pos + META_KEY.len();
+            out.put_slice(&stored[..at]);
+            out.put_slice(b"\"resourceVersion\":\"");
+            out.put_slice(rev.to_string().as_bytes());
+            out.put_u8(b'"');
+            if stored.get(at) != Some(&b'}') {
+                out.put_u8(b',');
+            }
+            out.put_slice(&stored[at..]);
+        }
+        None => out.put_slice(stored),
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Decodes a stored object and sets its resourceVersion.
+pub fn decode_stored(stored: &[u8], rev: u64) -> Result<Value, ApiError> {
+    let mut v: Value =
+        serde_json::from_slice(stored).map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
+    set_resource_version(&mut v, rev);
+    Ok(v)
+}
+
+/// Sets `metadata.resourceVersion`.
+pub fn set_resource_version(obj: &mut Value, rev: u64) {
+    if let Some(m) = obj.as_object_mut() {
+        let meta = m.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+        if let Some(meta) = meta.as_object_mut() {
+            meta.insert("resourceVersion".into(), Value::String(rev.to_string()));
+        }
+    }
+}
+
+/// Parses a resourceVersion string as sent by clients.
+pub fn parse_resource_version(s: &str) -> Result<u64, ApiError> {
+    s.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {s:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn splice_round_trip() {
+        let obj = json!({"data": {"a": "b"}, "metadata": {"name": "x", "resourceVersion": "9"}, "kind": "ConfigMap", "apiVersion": "v1"});
+        let stored = encode_for_store(&obj).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&stored).unwrap(),
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"},"data":{"a":"b"}}"#
+        );
+        let out = with_resource_version(&stored, 42);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["metadata"]["resourceVersion"], "42");
+        assert_eq!(v["metadata"]["name"], "x");
+        let empty = encode_for_store(&json!({"apiVersion": "v1", "kind": "X"})).unwrap();
+        let v: Value = serde_json::from_slice(&with_resource_version(&empty, 7)).unwrap();
+        assert_eq!(v["metadata"], json!({"resourceVersion": "7"}));
+    }
+
+    #[test]
+    fn bodies() {
+        assert_eq!(decode_body(b"a: 1\nb: [x]\n", BodyFormat::Yaml).unwrap(), json!({"a": 1, "b": ["x"]}));
+        let e = decode_body(b"{not json", BodyFormat::Json).unwrap_err();
+        assert_eq!(e.code, 400);
+        let e = decode_body(b"a: [\n", BodyFormat::Yaml).unwrap_err();
+        assert_eq!(e.code, 400);
+        assert!(parse_resource_version("12a").is_err());
+    }
+}

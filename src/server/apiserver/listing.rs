@@ -1,0 +1,431 @@
+//! Reading collections: list with selectors, pagination and resourceVersion semantics, and
+//! watch streams with initial events, selector transitions, bookmarks and timeouts.
+//!
+//! Both read the store only; encoding of what is read is the handlers' business.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::api::field_selector::FieldSelector;
+use crate::api::registry::ResourceInfo;
+use crate::api::selector::LabelSelector;
+use crate::api::status::ApiError;
+use crate::server::store::{Datastore, EventKind};
+
+use super::codec;
+use super::objects::store_error;
+use super::request::Query;
+
+/// Parsed list/watch query parameters.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    pub labels: Option<LabelSelector>,
+    pub fields: Option<FieldSelector>,
+    pub limit: usize,
+    pub continue_token: Option<ContinueToken>,
+    pub resource_version: Option<String>,
+    pub resource_version_match: Option<String>,
+    pub allow_bookmarks: bool,
+    pub timeout: Option<Duration>,
+    pub send_initial_events: Option<bool>,
+}
+
+/// Position in a paginated list: the revision it is consistent at and the last key returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContinueToken {
+    pub revision: u64,
+    pub after_key: String,
+}
+
+impl ContinueToken {
+    pub fn encode(&self) -> String {
+        let raw = json!({"v": "meta.k8s.io/v1", "rv": self.revision, "start": self.after_key}).to_string();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    pub fn decode(s: &str) -> Result<Self, ApiError> {
+        let bad = || {
+            ApiError::bad_request(
+                "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+            )
+        };
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s.trim_end_matches('='))
+            .map_err(|_| ApiError::bad_request("continue key is not valid: illegal base64 data"))?;
+        let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+        if v.get("v").and_then(|x| x.as_str()) != Some("meta.k8s.io/v1") {
+            return Err(bad());
+        }
+        let revision = v.get("rv").and_then(|x| x.as_u64()).ok_or_else(bad)?;
+        let after_key = v.get("start").and_then(|x| x.as_str()).ok_or_else(bad)?.to_string();
+        Ok(ContinueToken { revision, after_key })
+    }
+}
+
+impl ListOptions {
+    /// Parses and checks list/watch parameters for a resource.
+    pub fn parse(q: &Query, info: &ResourceInfo) -> Result<Self, ApiError> {
+        let labels = match q.get("labelSelector") {
+            Some(s) => Some(
+                LabelSelector::parse(s)
+                    .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?,
+            ),
+            None => None,
+        };
+        let fields = match q.get("fieldSelector") {
+            Some(s) => {
+                let f = FieldSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                f.validate_for(info.group, info.plural).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                Some(f)
+            }
+            None => None,
+        };
+        let limit = match q.get("limit") {
+            Some(l) => {
+                l.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid limit: {l:?}")))?.max(0) as usize
+            }
+            None => 0,
+        };
+        let continue_token = q.get("continue").map(ContinueToken::decode).transpose()?;
+        let resource_version = q.get("resourceVersion").map(String::from);
+        if let Some(rv) = &resource_version {
+            codec::parse_resource_version(rv)?;
+        }
+        let resource_version_match = q.get("resourceVersionMatch").map(String::from);
+        if let Some(m) = &resource_version_match {
+            if !matches!(m.as_str(), "Exact" | "NotOlderThan") {
+                return Err(ApiError::bad_request(format!(
+                    "resourceVersionMatch: Unsupported value: {m:?}: supported values: \"Exact\", \"NotOlderThan\""
+                )));
+            }
+            if resource_version.is_none() {
+                return Err(ApiError::bad_request(
+                    "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
+                ));
+            }
+            if m == "Exact" && resource_version.as_deref() == Some("0") {
+                return Err(ApiError::bad_request(
+                    "resourceVersionMatch: Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+                ));
+            }
+        }
+        if continue_token.is_some() && resource_version.as_deref().is_some_and(|r| r != "0") {
+            return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
+        }
+        let timeout = match q.get("timeoutSeconds") {
+            Some(t) => Some(Duration::from_secs(
+                t.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: {t:?}")))?,
+            )),
+            None => None,
+        };
+        let send_initial_events = match q.get("sendInitialEvents") {
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            Some(o) => return Err(ApiError::bad_request(format!("invalid sendInitialEvents: {o:?}"))),
+            None => None,
+        };
+        Ok(ListOptions {
+            labels,
+            fields,
+            limit,
+            continue_token,
+            resource_version,
+            resource_version_match,
+            allow_bookmarks: q.flag("allowWatchBookmarks"),
+            timeout,
+            send_initial_events,
+        })
+    }
+
+    fn has_selectors(&self) -> bool {
+        self.labels.as_ref().is_some_and(|l| !l.is_empty()) || self.fields.is_some()
+    }
+
+    /// Whether an object (decoded) passes both selectors.
+    pub fn matches(&self, obj: &Value) -> bool {
+        if let Some(l) = &self.labels
+            && !l.matches(crate::api::meta::labels(obj))
+        {
+            return false;
+        }
+        if let Some(f) = &self.fields
+            && !f.matches(obj)
+        {
+            return false;
+        }
+        true
+    }
+}
+
+/// One object read from the store.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub stored: Bytes,
+    pub revision: u64,
+}
+
+impl Item {
+    /// The object as clients see it.
+    pub fn decode(&self) -> Result<Value, ApiError> {
+        codec::decode_stored(&self.stored, self.revision)
+    }
+}
+
+/// A page of a list.
+#[derive(Debug, Default)]
+pub struct ListPage {
+    pub items: Vec<Item>,
+    pub revision: u64,
+    pub continue_token: Option<String>,
+    pub remaining: Option<u64>,
+}
+
+/// How long a list with a future resourceVersion waits for the store to catch up.
+const FUTURE_RV_WAIT: Duration = Duration::from_secs(3);
+
+async fn wait_for_revision(store: &Arc<dyn Datastore>, rv: u64) -> Result<(), ApiError> {
+    let deadline = tokio::time::Instant::now() + FUTURE_RV_WAIT;
+    while store.current_revision() < rv {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::timeout(format!(
+                "Too large resource version: {rv}, current: {}",
+                store.current_revision()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Lists objects under `prefix` per the options.
+pub async fn list(
+    store: &Arc<dyn Datastore>,
+    info: &ResourceInfo,
+    prefix: &str,
+    opts: &ListOptions,
+) -> Result<ListPage, ApiError> {
+    let (mut at, mut after) = match &opts.continue_token {
+        Some(t) => {
+            if !t.after_key.starts_with(prefix) && !t.after_key.is_empty() {
+                return Err(ApiError::bad_request(
+                    "continue key is not valid: the continue token does not belong to this list",
+                ));
+            }
+            (Some(t.revision), Some(t.after_key.clone()))
+        }
+        None => (None, None),
+    };
+    if opts.continue_token.is_none()
+        && let Some(rv) = &opts.resource_version
+        && rv != "0"
+    {
+        let rv = codec::parse_resource_version(rv)?;
+        if opts.resource_version_match.as_deref() == Some("Exact") {
+            at = Some(rv);
+        } else {
+            wait_for_revision(store, rv).await?;
+        }
+    }
+    let selectors = opts.has_selectors();
+    let mut page = ListPage::default();
+    loop {
+        let want = if opts.limit == 0 { 0 } else { opts.limit - page.items.len() };
+        let fetch = if selectors && want > 0 { want.max(64) } else { want };
+        let r = store.range(prefix, after.as_deref(), fetch, at).await.map_err(|e| match e {
+            crate::server::store::StoreError::Compacted { .. } if opts.continue_token.is_some() => ApiError::expired(
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+            ),
+            other => store_error(info, "", other),
+        })?;
+        at = Some(r.revision);
+        page.revision = r.revision;
+        let mut last_key = None;
+        let mut stopped_early = false;
+        for kv in r.kvs {
+            if opts.limit > 0 && page.items.len() >= opts.limit {
+                stopped_early = true;
+                break;
+            }
+            last_key = Some(kv.key.clone());
+            let item = Item { stored: kv.value, revision: kv.mod_revision };
+            if selectors {
+                let v = item.decode()?;
+                if !opts.matches(&v) {
+                    continue;
+                }
+            }
+            page.items.push(item);
+        }
+        let more = r.more || stopped_early;
+        if let Some(k) = last_key {
+            after = Some(k);
+        }
+        if !more {
+            break;
+        }
+        if opts.limit > 0 && page.items.len() >= opts.limit {
+            page.continue_token = after.clone().map(|k| ContinueToken { revision: r.revision, after_key: k }.encode());
+            if !selectors {
+                page.remaining = Some(r.remaining);
+            }
+            break;
+        }
+        if opts.limit == 0 {
+            continue;
+        }
+    }
+    Ok(page)
+}
+
+/// What a watch sends.
+#[derive(Debug, Clone)]
+pub enum WatchFrame {
+    Event { kind: &'static str, object: Value },
+    Bookmark { revision: u64, initial_events_end: bool },
+    Error(ApiError),
+}
+
+/// Streams watch frames for objects under `prefix` into `tx` until the client goes away, the
+/// timeout passes or `cancel` fires.
+pub async fn watch(
+    store: Arc<dyn Datastore>,
+    info: &'static ResourceInfo,
+    prefix: String,
+    name_filter: Option<String>,
+    opts: ListOptions,
+    tx: tokio::sync::mpsc::Sender<WatchFrame>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let timeout = opts.timeout.unwrap_or_else(|| {
+        // Upstream ends watches after a random 30-60 minutes so load spreads over servers.
+        let jitter = uuid::Uuid::new_v4().as_u128() % 1800;
+        Duration::from_secs(1800 + jitter as u64)
+    });
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let send = |f: WatchFrame| {
+        let tx = tx.clone();
+        async move { tx.send(f).await.is_ok() }
+    };
+    let matches = |v: &Value| -> bool {
+        if let Some(n) = &name_filter
+            && crate::api::meta::name(v) != n
+        {
+            return false;
+        }
+        opts.matches(v)
+    };
+    // Where the event stream starts, and whether to send the current state first.
+    let rv = opts.resource_version.clone().unwrap_or_default();
+    let initial = match opts.send_initial_events {
+        Some(b) => b,
+        None => rv.is_empty() || rv == "0",
+    };
+    let mut start = if rv.is_empty() || rv == "0" {
+        store.current_revision()
+    } else {
+        match codec::parse_resource_version(&rv) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = send(WatchFrame::Error(e)).await;
+                return;
+            }
+        }
+    };
+    if initial {
+        let list_opts = ListOptions { labels: opts.labels.clone(), fields: opts.fields.clone(), ..Default::default() };
+        let at = if rv.is_empty() || rv == "0" { None } else { Some(start) };
+        let range = store.range(&prefix, None, 0, at).await;
+        match range {
+            Ok(r) => {
+                start = r.revision;
+                for kv in r.kvs {
+                    let Ok(v) = codec::decode_stored(&kv.value, kv.mod_revision) else { continue };
+                    if !matches(&v) || !list_opts.matches(&v) {
+                        continue;
+                    }
+                    if !send(WatchFrame::Event { kind: "ADDED", object: v }).await {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = send(WatchFrame::Error(store_error(info, "", e))).await;
+                return;
+            }
+        }
+        if opts.send_initial_events == Some(true)
+            && !send(WatchFrame::Bookmark { revision: start, initial_events_end: true }).await
+        {
+            return;
+        }
+    }
+    let mut events = match store.watch(&prefix, start).await {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = send(WatchFrame::Error(store_error(info, "", e))).await;
+            return;
+        }
+    };
+    let mut last_rev = start;
+    let mut bookmarks = tokio::time::interval(Duration::from_secs(60));
+    bookmarks.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = &mut deadline => return,
+            _ = tx.closed() => return,
+            _ = bookmarks.tick(), if opts.allow_bookmarks => {
+                if !send(WatchFrame::Bookmark { revision: last_rev, initial_events_end: false }).await {
+                    return;
+                }
+            }
+            ev = events.next() => {
+                let ev = match ev {
+                    Some(Ok(ev)) => ev,
+                    Some(Err(e)) => {
+                        let _ = send(WatchFrame::Error(store_error(info, "", e))).await;
+                        return;
+                    }
+                    None => return,
+                };
+                last_rev = ev.revision;
+                let Ok(cur) = codec::decode_stored(&ev.kv.value, ev.kv.mod_revision) else { continue };
+                let prev = ev.prev.as_ref().and_then(|p| codec::decode_stored(&p.value, p.mod_revision).ok());
+                let now_match = matches(&cur);
+                let was_match = prev.as_ref().map(&matches).unwrap_or(false);
+                let frame = match ev.kind {
+                    EventKind::Created if now_match => Some(("ADDED", cur)),
+                    EventKind::Updated if now_match && was_match => Some(("MODIFIED", cur)),
+                    EventKind::Updated if now_match => Some(("ADDED", cur)),
+                    EventKind::Updated if was_match => Some(("DELETED", cur)),
+                    EventKind::Deleted if now_match || was_match => Some(("DELETED", cur)),
+                    _ => None,
+                };
+                if let Some((kind, object)) = frame
+                    && !send(WatchFrame::Event { kind, object }).await
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip() {
+        let t = ContinueToken { revision: 42, after_key: "/core/pods/default/web-1".into() };
+        assert_eq!(ContinueToken::decode(&t.encode()).unwrap(), t);
+        assert_eq!(ContinueToken::decode("!!!").unwrap_err().code, 400);
+        let other = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("{\"v\":\"x\"}");
+        assert_eq!(ContinueToken::decode(&other).unwrap_err().code, 400);
+    }
+}

@@ -1,0 +1,168 @@
+//! The control plane: `skiff server`.
+//!
+//! [`run`] wires the rooms together: PKI, the store, the API server and the bootstrap objects,
+//! then waits for SIGTERM. Later components (scheduler, controllers, agent) start here as API
+//! clients.
+
+pub mod apiserver;
+pub mod config;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use config::ServerConfig;
+
+/// Runs the server on a fresh tokio runtime; returns the exit code.
+pub fn run_blocking(cfg: ServerConfig) -> i32 {
+    crate::cli::init_logging(cfg.log_format, cfg.verbosity);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("skiff").build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("skiff: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    rt.spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        signals.cancel();
+    });
+    match rt.block_on(run(cfg, shutdown)) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("skiff: {e:#}");
+            1
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Starts everything and serves until `shutdown` fires.
+pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let server_dir = cfg.server_dir();
+    std::fs::create_dir_all(&server_dir).with_context(|| format!("cannot create {}", server_dir.display()))?;
+    restrict_dir(&cfg.data_dir);
+    restrict_dir(&server_dir);
+
+    let hostname =
+        nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
+    let pki_cfg = crate::pki::PkiConfig {
+        server_dir: server_dir.clone(),
+        hostname: hostname.to_lowercase(),
+        node_ips: vec![cfg.advertise_address],
+        first_service_ip: cfg.first_service_ip(),
+        cluster_domain: cfg.cluster_domain.clone(),
+        tls_sans: cfg.tls_san.clone(),
+        token: cfg.token.clone(),
+    };
+    let pki = tokio::task::spawn_blocking(move || crate::pki::load_or_create(&pki_cfg))
+        .await
+        .context("PKI task failed")?
+        .context("cannot set up certificates")?;
+
+    let db_path = server_dir.join("db").join("state.redb");
+    std::fs::create_dir_all(db_path.parent().unwrap_or(&server_dir))?;
+    let store = store::RedbStore::open(&db_path, store::StoreOptions::default())
+        .with_context(|| format!("cannot open the datastore {}", db_path.display()))?;
+    let store: Arc<dyn store::Datastore> = store;
+
+    let alloc = Arc::new(apiserver::ipalloc::Allocators::new(cfg.service_cidr, cfg.node_port_range));
+    let objects = apiserver::objects::Objects::new(store.clone(), alloc);
+    apiserver::bootstrap::restore_allocations(&objects).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+
+    let tls = crate::pki::server_tls_config(&pki).context("cannot build the TLS configuration")?;
+    let addr = SocketAddr::new(cfg.bind_address, cfg.https_listen_port);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(cfg.https_listen_port);
+
+    let api = Arc::new(apiserver::ApiServer {
+        objects,
+        authz: Box::new(apiserver::auth::MastersOnly),
+        tokens: apiserver::auth::TokenAuthenticator::new(Arc::new(pki.sa.clone())),
+        openapi: Default::default(),
+        shutdown: shutdown.clone(),
+        ready: Default::default(),
+        advertise: SocketAddr::new(cfg.advertise_address, port).to_string(),
+    });
+    api.openapi.spawn_build();
+    apiserver::bootstrap::run(&api.objects, cfg.first_service_ip(), cfg.advertise_address, port)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create bootstrap objects: {}", e.message))?;
+    api.ready.store(true, Ordering::Release);
+    let serving = tokio::spawn(apiserver::serve(listener, tls, api.clone(), shutdown.clone()));
+
+    let local = if cfg.bind_address.is_unspecified() { cfg.advertise_address } else { cfg.bind_address };
+    let url = format!("https://{}", SocketAddr::new(local, port));
+    let url = if cfg.bind_address.is_unspecified() { format!("https://127.0.0.1:{port}") } else { url };
+    crate::pki::write_kubeconfig(
+        &cfg.write_kubeconfig,
+        cfg.write_kubeconfig_mode,
+        &url,
+        &pki.ca_pem,
+        &pki.admin_cert_pem,
+        &pki.admin_key_pem,
+        "default",
+    )
+    .with_context(|| format!("cannot write the kubeconfig {}", cfg.write_kubeconfig.display()))?;
+
+    tracing::info!(
+        api = %url,
+        kubeconfig = %cfg.write_kubeconfig.display(),
+        token = %server_dir.join("token").display(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "skiff API server is ready",
+    );
+    notify_ready();
+
+    shutdown.cancelled().await;
+    let _ = tokio::time::timeout(Duration::from_secs(4), serving).await;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn restrict_dir(p: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
+}
+
+/// Tells systemd (`Type=notify`) that the service is ready.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let bytes = path.as_encoded_bytes();
+    let result = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|a| sock.send_to_addr(b"READY=1\n", &a))
+    } else {
+        sock.send_to(b"READY=1\n", std::path::Path::new(&path))
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}

@@ -1,0 +1,534 @@
+//! The embedded backend: redb tables `kv` (live keys), `history` (one event per revision,
+//! with the previous value, for consistent paging and watch replay) and `meta` (revision
+//! counters).
+//!
+//! One writer thread owns every write transaction. It drains the request queue and commits
+//! many writes in one durable transaction (group commit), and only then answers the callers and
+//! publishes the events. Reads use their own read transactions on blocking threads and never
+//! wait for the writer.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+use super::history::{decode_event, decode_record, encode_event, encode_record};
+use super::watch_hub::{Hub, Watch};
+use super::{Datastore, Event, EventKind, KeyValue, RangeResult, StoreError, StoreOptions};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_REVISION: &str = "revision";
+const META_COMPACTED: &str = "compacted";
+
+fn backend<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+enum Write {
+    Create { key: String, value: Bytes },
+    Update { key: String, value: Bytes, expected: u64 },
+    Delete { key: String, expected: Option<u64> },
+}
+
+enum Op {
+    Write(Write, oneshot::Sender<Result<KeyValue, StoreError>>),
+    Compact(u64, oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// The redb-backed datastore.
+pub struct RedbStore {
+    db: Arc<Database>,
+    queue: Mutex<Option<std::sync::mpsc::Sender<Op>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    hub: Arc<Mutex<Hub>>,
+    revision: Arc<AtomicU64>,
+    compacted: Arc<AtomicU64>,
+    commits: Arc<AtomicU64>,
+    closed: AtomicBool,
+    opts: StoreOptions,
+    stop_compactor: tokio_util::sync::CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RedbStore {
+    /// Opens (or creates) the database at `path` and starts the writer and the compactor.
+    /// Must be called inside a tokio runtime.
+    pub fn open(path: &Path, opts: StoreOptions) -> Result<Arc<Self>, StoreError> {
+        let db = Database::create(path).map_err(backend)?;
+        let (revision, compacted) = {
+            let txn = db.begin_write().map_err(backend)?;
+            let (r, c) = {
+                txn.open_table(KV).map_err(backend)?;
+                txn.open_table(HISTORY).map_err(backend)?;
+                let meta = txn.open_table(META).map_err(backend)?;
+                let r = meta.get(META_REVISION).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+                let c = meta.get(META_COMPACTED).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+                (r, c)
+            };
+            txn.commit().map_err(backend)?;
+            (r, c)
+        };
+        let db = Arc::new(db);
+        let hub = Arc::new(Mutex::new(Hub::new(opts.memory_window, opts.watch_buffer)));
+        let revision = Arc::new(AtomicU64::new(revision));
+        let compacted = Arc::new(AtomicU64::new(compacted));
+        let commits = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = std::sync::mpsc::channel::<Op>();
+        let writer = {
+            let (db, hub, revision, compacted, commits) =
+                (db.clone(), hub.clone(), revision.clone(), compacted.clone(), commits.clone());
+            let max_batch = opts.max_batch.max(1);
+            std::thread::Builder::new()
+                .name("skiff-store-writer".into())
+                .spawn(move || writer_loop(db, rx, hub, revision, compacted, commits, max_batch))
+                .map_err(backend)?
+        };
+        let store = Arc::new(RedbStore {
+            db,
+            queue: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            hub,
+            revision,
+            compacted,
+            commits,
+            closed: AtomicBool::new(false),
+            opts,
+            stop_compactor: tokio_util::sync::CancellationToken::new(),
+        });
+        let weak = Arc::downgrade(&store);
+        let stop = store.stop_compactor.clone();
+        let interval = store.opts.compact_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(s) = weak.upgrade() else { return };
+                let cur = s.current_revision();
+                let keep = s.opts.history_window;
+                if cur > keep
+                    && cur - keep > s.compacted_revision()
+                    && let Err(e) = s.compact(cur - keep).await
+                {
+                    tracing::warn!(error = %e, "compaction failed");
+                }
+            }
+        });
+        Ok(store)
+    }
+
+    /// Number of committed write transactions (to observe group commit).
+    pub fn commit_count(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    async fn submit(&self, w: Write) -> Result<KeyValue, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let q = lock(&self.queue);
+            let q = q.as_ref().ok_or(StoreError::Closed)?;
+            q.send(Op::Write(w, tx)).map_err(|_| StoreError::Closed)?;
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db)).await.map_err(backend)?
+    }
+}
+
+fn writer_loop(
+    db: Arc<Database>,
+    rx: std::sync::mpsc::Receiver<Op>,
+    hub: Arc<Mutex<Hub>>,
+    revision: Arc<AtomicU64>,
+    compacted: Arc<AtomicU64>,
+    commits: Arc<AtomicU64>,
+    max_batch: usize,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let start_rev = revision.load(Ordering::Acquire);
+        match commit_batch(&db, &batch, start_rev, compacted.load(Ordering::Acquire)) {
+            Ok((results, events, new_rev, new_compacted)) => {
+                commits.fetch_add(1, Ordering::Relaxed);
+                revision.store(new_rev, Ordering::Release);
+                compacted.store(new_compacted, Ordering::Release);
+                lock(&hub).publish(&events);
+                for (op, result) in batch.into_iter().zip(results) {
+                    match (op, result) {
+                        (Op::Write(_, reply), BatchResult::Write(r)) => {
+                            let _ = reply.send(r);
+                        }
+                        (Op::Compact(_, reply), BatchResult::Compact(r)) => {
+                            let _ = reply.send(r);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "datastore commit failed");
+                for op in batch {
+                    match op {
+                        Op::Write(_, reply) => {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                        Op::Compact(_, reply) => {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum BatchResult {
+    Write(Result<KeyValue, StoreError>),
+    Compact(Result<(), StoreError>),
+}
+
+type Committed = (Vec<BatchResult>, Vec<Event>, u64, u64);
+
+fn commit_batch(db: &Database, batch: &[Op], start_rev: u64, start_compacted: u64) -> Result<Committed, StoreError> {
+    let txn = db.begin_write().map_err(backend)?;
+    let mut results = Vec::with_capacity(batch.len());
+    let mut events = Vec::new();
+    let mut rev = start_rev;
+    let mut compacted_to = start_compacted;
+    {
+        let mut kv = txn.open_table(KV).map_err(backend)?;
+        let mut history = txn.open_table(HISTORY).map_err(backend)?;
+        for op in batch {
+            match op {
+                Op::Write(w, _) => {
+                    let key = match w {
+                        Write::Create { key, .. } | Write::Update { key, .. } | Write::Delete { key, .. } => key,
+                    };
+                    let current = match kv.get(key.as_str()).map_err(backend)? {
+                        Some(raw) => Some(decode_record(key, raw.value())?),
+                        None => None,
+                    };
+                    let outcome = match (w, current) {
+                        (Write::Create { .. }, Some(_)) => Err(StoreError::AlreadyExists { key: key.clone() }),
+                        (Write::Create { value, .. }, None) => {
+                            let r = rev + 1;
+                            let new = KeyValue {
+                                key: key.clone(),
+                                value: value.clone(),
+                                create_revision: r,
+                                mod_revision: r,
+                            };
+                            Ok((EventKind::Created, new, None))
+                        }
+                        (Write::Update { .. } | Write::Delete { .. }, None) => {
+                            Err(StoreError::NotFound { key: key.clone() })
+                        }
+                        (Write::Update { expected, .. }, Some(cur)) if cur.mod_revision != *expected => {
+                            Err(StoreError::Conflict { key: key.clone(), current: Some(cur) })
+                        }
+                        (Write::Update { value, .. }, Some(cur)) => {
+                            let r = rev + 1;
+                            let new = KeyValue {
+                                key: key.clone(),
+                                value: value.clone(),
+                                create_revision: cur.create_revision,
+                                mod_revision: r,
+                            };
+                            Ok((EventKind::Updated, new, Some(cur)))
+                        }
+                        (Write::Delete { expected: Some(e), .. }, Some(cur)) if cur.mod_revision != *e => {
+                            Err(StoreError::Conflict { key: key.clone(), current: Some(cur) })
+                        }
+                        (Write::Delete { .. }, Some(cur)) => {
+                            let r = rev + 1;
+                            let gone = KeyValue { mod_revision: r, ..cur.clone() };
+                            Ok((EventKind::Deleted, gone, Some(cur)))
+                        }
+                    };
+                    match outcome {
+                        Err(e) => results.push(BatchResult::Write(Err(e))),
+                        Ok((kind, new, prev)) => {
+                            rev += 1;
+                            if kind == EventKind::Deleted {
+                                kv.remove(key.as_str()).map_err(backend)?;
+                            } else {
+                                let rec = encode_record(new.create_revision, new.mod_revision, &new.value);
+                                kv.insert(key.as_str(), rec.as_slice()).map_err(backend)?;
+                            }
+                            let ev = Event { kind, revision: rev, kv: new.clone(), prev };
+                            history.insert(rev, encode_event(&ev).as_slice()).map_err(backend)?;
+                            events.push(ev);
+                            results.push(BatchResult::Write(Ok(new)));
+                        }
+                    }
+                }
+                Op::Compact(to, _) => {
+                    let to = (*to).min(rev);
+                    if to > compacted_to {
+                        history.retain_in(..=to, |_, _| false).map_err(backend)?;
+                        compacted_to = to;
+                    }
+                    results.push(BatchResult::Compact(Ok(())));
+                }
+            }
+        }
+        let mut meta = txn.open_table(META).map_err(backend)?;
+        meta.insert(META_REVISION, rev).map_err(backend)?;
+        meta.insert(META_COMPACTED, compacted_to).map_err(backend)?;
+    }
+    txn.commit().map_err(backend)?;
+    Ok((results, events, rev, compacted_to))
+}
+
+/// Reads the snapshot's revision and compacted marks.
+fn snapshot_marks(txn: &redb::ReadTransaction) -> Result<(u64, u64), StoreError> {
+    let meta = txn.open_table(META).map_err(backend)?;
+    let r = meta.get(META_REVISION).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+    let c = meta.get(META_COMPACTED).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+    Ok((r, c))
+}
+
+/// History events in (after, through] for keys under `prefix`.
+fn history_between(
+    txn: &redb::ReadTransaction,
+    prefix: &str,
+    after: u64,
+    through: u64,
+) -> Result<Vec<Event>, StoreError> {
+    let history = txn.open_table(HISTORY).map_err(backend)?;
+    let mut out = Vec::new();
+    if after >= through {
+        return Ok(out);
+    }
+    for entry in history.range((Bound::Excluded(after), Bound::Included(through))).map_err(backend)? {
+        let (k, v) = entry.map_err(backend)?;
+        let ev = decode_event(k.value(), v.value())?;
+        if ev.kv.key.starts_with(prefix) {
+            out.push(ev);
+        }
+    }
+    Ok(out)
+}
+
+fn range_blocking(
+    db: &Database,
+    prefix: &str,
+    start_after: Option<&str>,
+    limit: usize,
+    at: Option<u64>,
+) -> Result<RangeResult, StoreError> {
+    let txn = db.begin_read().map_err(backend)?;
+    let (snap, compacted) = snapshot_marks(&txn)?;
+    let at_rev = at.unwrap_or(snap);
+    if at_rev > snap {
+        return Err(StoreError::FutureRevision { requested: at_rev, current: snap });
+    }
+    if at_rev < compacted {
+        return Err(StoreError::Compacted { requested: at_rev, compacted });
+    }
+    let kv = txn.open_table(KV).map_err(backend)?;
+    let lower = match start_after {
+        Some(s) if s >= prefix => Bound::Excluded(s),
+        _ => Bound::Included(prefix),
+    };
+    let mut out = RangeResult { revision: at_rev, ..Default::default() };
+    if at_rev == snap {
+        for entry in kv.range::<&str>((lower, Bound::Unbounded)).map_err(backend)? {
+            let (k, v) = entry.map_err(backend)?;
+            let key = k.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if limit > 0 && out.kvs.len() >= limit {
+                out.more = true;
+                out.remaining += 1;
+                continue;
+            }
+            out.kvs.push(decode_record(key, v.value())?);
+        }
+        return Ok(out);
+    }
+    // A past revision: start from the live keys and undo every change made after it.
+    let mut state: BTreeMap<String, Option<KeyValue>> = BTreeMap::new();
+    for entry in kv.range::<&str>((lower, Bound::Unbounded)).map_err(backend)? {
+        let (k, v) = entry.map_err(backend)?;
+        let key = k.value();
+        if !key.starts_with(prefix) {
+            break;
+        }
+        state.insert(key.to_string(), Some(decode_record(key, v.value())?));
+    }
+    let mut undone = std::collections::HashSet::new();
+    for ev in history_between(&txn, prefix, at_rev, snap)? {
+        if let Some(s) = start_after
+            && ev.kv.key.as_str() <= s
+        {
+            continue;
+        }
+        if !undone.insert(ev.kv.key.clone()) {
+            continue;
+        }
+        state.insert(ev.kv.key.clone(), if ev.kind == EventKind::Created { None } else { ev.prev.clone() });
+    }
+    for (_, v) in state {
+        let Some(v) = v else { continue };
+        if limit > 0 && out.kvs.len() >= limit {
+            out.more = true;
+            out.remaining += 1;
+            continue;
+        }
+        out.kvs.push(v);
+    }
+    Ok(out)
+}
+
+#[async_trait::async_trait]
+impl Datastore for RedbStore {
+    fn current_revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    fn compacted_revision(&self) -> u64 {
+        self.compacted.load(Ordering::Acquire)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let key = key.to_string();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let kv = txn.open_table(KV).map_err(backend)?;
+            match kv.get(key.as_str()).map_err(backend)? {
+                Some(raw) => Ok(Some(decode_record(&key, raw.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn range(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        at_revision: Option<u64>,
+    ) -> Result<RangeResult, StoreError> {
+        let (prefix, start_after) = (prefix.to_string(), start_after.map(String::from));
+        self.read(move |db| range_blocking(db, &prefix, start_after.as_deref(), limit, at_revision)).await
+    }
+
+    async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue, StoreError> {
+        if value.len() > self.opts.max_value {
+            return Err(StoreError::ValueTooLarge { size: value.len(), limit: self.opts.max_value });
+        }
+        self.submit(Write::Create { key: key.to_string(), value }).await
+    }
+
+    async fn update(&self, key: &str, value: Bytes, expected_mod_revision: u64) -> Result<KeyValue, StoreError> {
+        if value.len() > self.opts.max_value {
+            return Err(StoreError::ValueTooLarge { size: value.len(), limit: self.opts.max_value });
+        }
+        self.submit(Write::Update { key: key.to_string(), value, expected: expected_mod_revision }).await
+    }
+
+    async fn delete(&self, key: &str, expected_mod_revision: Option<u64>) -> Result<KeyValue, StoreError> {
+        self.submit(Write::Delete { key: key.to_string(), expected: expected_mod_revision }).await
+    }
+
+    async fn watch(&self, prefix: &str, after_revision: u64) -> Result<Watch, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        loop {
+            let compacted = self.compacted_revision();
+            if after_revision < compacted {
+                return Err(StoreError::Compacted { requested: after_revision, compacted });
+            }
+            let current = self.current_revision();
+            if after_revision > current {
+                return Err(StoreError::FutureRevision { requested: after_revision, current });
+            }
+            {
+                let mut hub = lock(&self.hub);
+                let covered = after_revision >= self.current_revision()
+                    || hub.window_start().is_some_and(|start| start <= after_revision);
+                if covered {
+                    return Ok(hub.subscribe(prefix, after_revision, VecDeque::new()));
+                }
+            }
+            // Older than the memory window: replay from the history table, then join live.
+            let p = prefix.to_string();
+            let (events, through) = self
+                .read(move |db| {
+                    let txn = db.begin_read().map_err(backend)?;
+                    let (snap, compacted) = snapshot_marks(&txn)?;
+                    if after_revision < compacted {
+                        return Err(StoreError::Compacted { requested: after_revision, compacted });
+                    }
+                    Ok((history_between(&txn, &p, after_revision, snap)?, snap))
+                })
+                .await?;
+            let mut hub = lock(&self.hub);
+            // Events committed after the snapshot must still be in the window; else retry.
+            let gap = match hub.window_start() {
+                Some(start) => start > through,
+                None => self.current_revision() > through,
+            };
+            if gap {
+                continue;
+            }
+            let mut w = hub.subscribe(prefix, through, events.into());
+            let _ = &mut w;
+            return Ok(w);
+        }
+    }
+
+    async fn compact(&self, revision: u64) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let q = lock(&self.queue);
+            let q = q.as_ref().ok_or(StoreError::Closed)?;
+            q.send(Op::Compact(revision, tx)).map_err(|_| StoreError::Closed)?;
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn close(&self) {
+        self.stop_compactor.cancel();
+        lock(&self.queue).take();
+        let writer = lock(&self.writer).take();
+        if let Some(w) = writer {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
+        self.closed.store(true, Ordering::Release);
+        lock(&self.hub).close();
+    }
+}
