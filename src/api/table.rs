@@ -1,4 +1,8 @@
-//! Server-side printing: `meta.k8s.io/v1 Table` responses with upstream's columns.
+//! Server-side printing: `meta.k8s.io/v1 Table` responses with the columns upstream's printers
+//! use, so `kubectl get` looks the same as against any cluster.
+//!
+//! Each printer is a list of columns and a function from an object to its cells; resources
+//! without a printer get upstream's default (Name, Created At shown as AGE by kubectl).
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -28,38 +32,811 @@ impl IncludeObject {
     }
 }
 
-/// Column definitions of a resource.
-pub fn column_definitions(_info: &ResourceInfo) -> Vec<Value> {
-    vec![
-        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
-        json!({"name": "Age", "type": "string", "format": "", "description": "CreationTimestamp is a timestamp representing the server time when this object was created.", "priority": 0}),
-    ]
+/// (name, type, priority) of a column.
+type Col = (&'static str, &'static str, u8);
+
+const NAME: Col = ("Name", "string", 0);
+const AGE: Col = ("Age", "string", 0);
+
+fn columns(info: &ResourceInfo) -> Vec<Col> {
+    match (info.group, info.plural) {
+        ("", "pods") => vec![
+            NAME,
+            ("Ready", "string", 0),
+            ("Status", "string", 0),
+            ("Restarts", "string", 0),
+            AGE,
+            ("IP", "string", 1),
+            ("Node", "string", 1),
+            ("Nominated Node", "string", 1),
+            ("Readiness Gates", "string", 1),
+        ],
+        ("", "configmaps") => vec![NAME, ("Data", "integer", 0), AGE],
+        ("", "secrets") => vec![NAME, ("Type", "string", 0), ("Data", "integer", 0), AGE],
+        ("", "serviceaccounts") => vec![NAME, ("Secrets", "integer", 0), AGE],
+        ("", "namespaces") => vec![NAME, ("Status", "string", 0), AGE],
+        ("", "services") => vec![
+            NAME,
+            ("Type", "string", 0),
+            ("Cluster-IP", "string", 0),
+            ("External-IP", "string", 0),
+            ("Port(s)", "string", 0),
+            AGE,
+            ("Selector", "string", 1),
+        ],
+        ("", "endpoints") => vec![NAME, ("Endpoints", "string", 0), AGE],
+        ("", "nodes") => vec![
+            NAME,
+            ("Status", "string", 0),
+            ("Roles", "string", 0),
+            AGE,
+            ("Version", "string", 0),
+            ("Internal-IP", "string", 1),
+            ("External-IP", "string", 1),
+            ("OS-Image", "string", 1),
+            ("Kernel-Version", "string", 1),
+            ("Container-Runtime", "string", 1),
+        ],
+        ("", "events") => vec![
+            ("Last Seen", "string", 0),
+            ("Type", "string", 0),
+            ("Reason", "string", 0),
+            ("Object", "string", 0),
+            ("Message", "string", 0),
+        ],
+        ("", "persistentvolumeclaims") => vec![
+            NAME,
+            ("Status", "string", 0),
+            ("Volume", "string", 0),
+            ("Capacity", "string", 0),
+            ("Access Modes", "string", 0),
+            ("StorageClass", "string", 0),
+            ("VolumeAttributesClass", "string", 0),
+            AGE,
+        ],
+        ("", "replicationcontrollers") | ("apps", "replicasets") => vec![
+            NAME,
+            ("Desired", "integer", 0),
+            ("Current", "integer", 0),
+            ("Ready", "integer", 0),
+            AGE,
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        ("apps", "deployments") => vec![
+            NAME,
+            ("Ready", "string", 0),
+            ("Up-to-date", "integer", 0),
+            ("Available", "integer", 0),
+            AGE,
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        ("apps", "statefulsets") => {
+            vec![NAME, ("Ready", "string", 0), AGE, ("Containers", "string", 1), ("Images", "string", 1)]
+        }
+        ("apps", "daemonsets") => vec![
+            NAME,
+            ("Desired", "integer", 0),
+            ("Current", "integer", 0),
+            ("Ready", "integer", 0),
+            ("Up-to-date", "integer", 0),
+            ("Available", "integer", 0),
+            ("Node Selector", "string", 0),
+            AGE,
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        ("apps", "controllerrevisions") => vec![NAME, ("Controller", "string", 0), ("Revision", "integer", 0), AGE],
+        ("batch", "jobs") => vec![
+            NAME,
+            ("Status", "string", 0),
+            ("Completions", "string", 0),
+            ("Duration", "string", 0),
+            AGE,
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        ("batch", "cronjobs") => vec![
+            NAME,
+            ("Schedule", "string", 0),
+            ("Timezone", "string", 0),
+            ("Suspend", "boolean", 0),
+            ("Active", "integer", 0),
+            ("Last Schedule", "string", 0),
+            AGE,
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        ("coordination.k8s.io", "leases") => vec![NAME, ("Holder", "string", 0), AGE],
+        ("discovery.k8s.io", "endpointslices") => {
+            vec![NAME, ("AddressType", "string", 0), ("Ports", "string", 0), ("Endpoints", "string", 0), AGE]
+        }
+        ("networking.k8s.io", "ingresses") => {
+            vec![
+                NAME,
+                ("Class", "string", 0),
+                ("Hosts", "string", 0),
+                ("Address", "string", 0),
+                ("Ports", "string", 0),
+                AGE,
+            ]
+        }
+        ("scheduling.k8s.io", "priorityclasses") => {
+            vec![
+                NAME,
+                ("Value", "integer", 0),
+                ("Global-Default", "boolean", 0),
+                AGE,
+                ("PreemptionPolicy", "string", 0),
+            ]
+        }
+        ("storage.k8s.io", "storageclasses") => vec![
+            NAME,
+            ("Provisioner", "string", 0),
+            ("ReclaimPolicy", "string", 0),
+            ("VolumeBindingMode", "string", 0),
+            ("AllowVolumeExpansion", "string", 0),
+            AGE,
+        ],
+        ("rbac.authorization.k8s.io", "roles" | "clusterroles") => vec![NAME, ("Created At", "string", 0)],
+        ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => {
+            vec![
+                NAME,
+                ("Role", "string", 0),
+                AGE,
+                ("Users", "string", 1),
+                ("Groups", "string", 1),
+                ("ServiceAccounts", "string", 1),
+            ]
+        }
+        ("certificates.k8s.io", "certificatesigningrequests") => vec![
+            NAME,
+            AGE,
+            ("SignerName", "string", 0),
+            ("Requestor", "string", 0),
+            ("RequestedDuration", "string", 0),
+            ("Condition", "string", 0),
+        ],
+        _ => vec![NAME, ("Created At", "date", 0)],
+    }
 }
 
-/// Upstream's short human duration (`5s`, `3m`, `2d`).
-pub fn human_age(created: Option<&str>, now: DateTime<Utc>) -> String {
-    let Some(t) = created.and_then(|c| DateTime::parse_from_rfc3339(c).ok()) else { return "<unknown>".into() };
-    let secs = (now - t.with_timezone(&Utc)).num_seconds();
+/// Column definitions of a resource.
+pub fn column_definitions(info: &ResourceInfo) -> Vec<Value> {
+    columns(info)
+        .into_iter()
+        .map(|(name, ty, priority)| {
+            let format = if name == "Name" { "name" } else { "" };
+            json!({"name": name, "type": ty, "format": format, "description": describe(name), "priority": priority})
+        })
+        .collect()
+}
+
+fn describe(col: &str) -> &'static str {
+    match col {
+        "Name" => {
+            "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically."
+        }
+        "Age" | "Created At" => {
+            "CreationTimestamp is a timestamp representing the server time when this object was created."
+        }
+        _ => "",
+    }
+}
+
+/// Upstream's `HumanDuration` (`5s`, `3m20s`, `4h`, `6d`, `2y`).
+pub fn human_duration(secs: i64) -> String {
     if secs < 0 {
         return "<invalid>".into();
     }
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 60 * 10 => format!("{}m{}s", s / 60, s % 60),
-        s if s < 3600 * 3 => format!("{}m", s / 60),
-        s if s < 3600 * 8 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
-        s if s < 86400 * 2 => format!("{}h", s / 3600),
-        s if s < 86400 * 8 => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
-        s if s < 86400 * 365 * 2 => format!("{}d", s / 86400),
-        s => format!("{}y{}d", s / (86400 * 365), (s % (86400 * 365)) / 86400),
+    let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
+    if secs < 120 {
+        format!("{secs}s")
+    } else if m < 10 {
+        let s = secs % 60;
+        if s == 0 { format!("{m}m") } else { format!("{m}m{s}s") }
+    } else if m < 180 {
+        format!("{m}m")
+    } else if h < 8 {
+        let mm = m % 60;
+        if mm == 0 { format!("{h}h") } else { format!("{h}h{mm}m") }
+    } else if h < 48 {
+        format!("{h}h")
+    } else if h < 24 * 8 {
+        let hh = h % 24;
+        if hh == 0 { format!("{d}d") } else { format!("{d}d{hh}h") }
+    } else if h < 24 * 365 * 2 {
+        format!("{d}d")
+    } else if h < 24 * 365 * 8 {
+        let dy = d % 365;
+        if dy == 0 { format!("{}y", d / 365) } else { format!("{}y{dy}d", d / 365) }
+    } else {
+        format!("{}y", d / 365)
+    }
+}
+
+fn age_of(ts: Option<&str>, now: DateTime<Utc>) -> String {
+    match ts.and_then(|t| DateTime::parse_from_rfc3339(t).ok()) {
+        Some(t) => human_duration((now - t.with_timezone(&Utc)).num_seconds()),
+        None => "<unknown>".into(),
+    }
+}
+
+fn s<'a>(obj: &'a Value, ptr: &str) -> &'a str {
+    obj.pointer(ptr).and_then(|v| v.as_str()).unwrap_or("")
+}
+
+fn i(obj: &Value, ptr: &str) -> i64 {
+    obj.pointer(ptr).and_then(|v| v.as_i64()).unwrap_or(0)
+}
+
+fn arr<'a>(obj: &'a Value, ptr: &str) -> &'a [Value] {
+    obj.pointer(ptr).and_then(|v| v.as_array()).map(|a| a.as_slice()).unwrap_or(&[])
+}
+
+fn none_if_empty(v: String) -> String {
+    if v.is_empty() { "<none>".into() } else { v }
+}
+
+fn selector_text(sel: Option<&Value>) -> String {
+    match sel {
+        Some(v) if v.get("matchLabels").is_some() || v.get("matchExpressions").is_some() => {
+            crate::api::selector::LabelSelector::from_json(v).map(|l| l.to_string()).unwrap_or_default()
+        }
+        Some(Value::Object(m)) => {
+            let mut parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+            parts.sort();
+            parts.join(",")
+        }
+        _ => String::new(),
+    }
+}
+
+fn containers_and_images(obj: &Value, spec: &str) -> (String, String) {
+    let cs = arr(obj, &format!("{spec}/containers"));
+    let names: Vec<&str> = cs.iter().map(|c| s(c, "/name")).collect();
+    let images: Vec<&str> = cs.iter().map(|c| s(c, "/image")).collect();
+    (names.join(","), images.join(","))
+}
+
+fn service_ports(obj: &Value) -> String {
+    let ports: Vec<String> = arr(obj, "/spec/ports")
+        .iter()
+        .map(|p| {
+            let proto = p.get("protocol").and_then(|v| v.as_str()).unwrap_or("TCP");
+            match p.get("nodePort").and_then(|n| n.as_i64()) {
+                Some(n) => format!("{}:{n}/{proto}", i(p, "/port")),
+                None => format!("{}/{proto}", i(p, "/port")),
+            }
+        })
+        .collect();
+    none_if_empty(ports.join(","))
+}
+
+fn external_ips(obj: &Value) -> String {
+    let t = obj.pointer("/spec/type").and_then(|v| v.as_str()).unwrap_or("ClusterIP");
+    let mut ips: Vec<String> =
+        arr(obj, "/spec/externalIPs").iter().filter_map(|v| v.as_str().map(String::from)).collect();
+    match t {
+        "ExternalName" => return s(obj, "/spec/externalName").to_string(),
+        "LoadBalancer" => {
+            for ing in arr(obj, "/status/loadBalancer/ingress") {
+                let v = if !s(ing, "/ip").is_empty() { s(ing, "/ip") } else { s(ing, "/hostname") };
+                if !v.is_empty() {
+                    ips.push(v.to_string());
+                }
+            }
+            if ips.is_empty() {
+                return "<pending>".into();
+            }
+        }
+        _ => {}
+    }
+    none_if_empty(ips.join(","))
+}
+
+/// The pod STATUS column, following upstream's printer logic.
+fn pod_status(obj: &Value) -> String {
+    let mut reason = s(obj, "/status/phase").to_string();
+    if !s(obj, "/status/reason").is_empty() {
+        reason = s(obj, "/status/reason").to_string();
+    }
+    let init_statuses = arr(obj, "/status/initContainerStatuses");
+    let init_total = arr(obj, "/spec/initContainers").len();
+    let mut initializing = false;
+    for (idx, c) in init_statuses.iter().enumerate() {
+        if c.pointer("/state/terminated").is_some() && i(c, "/state/terminated/exitCode") == 0 {
+            continue;
+        }
+        if let Some(t) = c.pointer("/state/terminated") {
+            let r = s(t, "/reason");
+            reason = if r.is_empty() {
+                let sig = i(t, "/signal");
+                if sig != 0 { format!("Init:Signal:{sig}") } else { format!("Init:ExitCode:{}", i(t, "/exitCode")) }
+            } else {
+                format!("Init:{r}")
+            };
+        } else if !s(c, "/state/waiting/reason").is_empty() && s(c, "/state/waiting/reason") != "PodInitializing" {
+            reason = format!("Init:{}", s(c, "/state/waiting/reason"));
+        } else {
+            reason = format!("Init:{idx}/{init_total}");
+        }
+        initializing = true;
+        break;
+    }
+    if !initializing {
+        let mut has_running = false;
+        for c in arr(obj, "/status/containerStatuses").iter().rev() {
+            let waiting = s(c, "/state/waiting/reason");
+            let term = c.pointer("/state/terminated");
+            if !waiting.is_empty() {
+                reason = waiting.to_string();
+            } else if let Some(t) = term {
+                let r = s(t, "/reason");
+                reason = if !r.is_empty() {
+                    r.to_string()
+                } else if i(t, "/signal") != 0 {
+                    format!("Signal:{}", i(t, "/signal"))
+                } else {
+                    format!("ExitCode:{}", i(t, "/exitCode"))
+                };
+            } else if c.get("ready").and_then(|r| r.as_bool()).unwrap_or(false) && c.pointer("/state/running").is_some()
+            {
+                has_running = true;
+            }
+        }
+        if reason == "Completed" && has_running {
+            reason = "Running".into();
+        }
+    }
+    if obj.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null()) {
+        reason = if s(obj, "/status/reason") == "NodeLost" { "Unknown".into() } else { "Terminating".into() };
+    }
+    reason
+}
+
+fn pod_restarts(obj: &Value, now: DateTime<Utc>) -> String {
+    let mut restarts = 0;
+    let mut last: Option<DateTime<Utc>> = None;
+    for c in arr(obj, "/status/containerStatuses") {
+        restarts += i(c, "/restartCount");
+        if let Some(t) = c
+            .pointer("/lastState/terminated/finishedAt")
+            .and_then(|v| v.as_str())
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        {
+            let t = t.with_timezone(&Utc);
+            if last.is_none_or(|l| t > l) {
+                last = Some(t);
+            }
+        }
+    }
+    match last {
+        Some(t) if restarts > 0 => format!("{restarts} ({} ago)", human_duration((now - t).num_seconds())),
+        _ => restarts.to_string(),
+    }
+}
+
+fn node_roles(obj: &Value) -> String {
+    let mut roles: Vec<String> = obj
+        .pointer("/metadata/labels")
+        .and_then(|l| l.as_object())
+        .map(|l| {
+            l.iter()
+                .filter_map(|(k, v)| {
+                    if let Some(r) = k.strip_prefix("node-role.kubernetes.io/") {
+                        Some(r.to_string())
+                    } else if k == "kubernetes.io/role" {
+                        v.as_str().map(String::from)
+                    } else {
+                        None
+                    }
+                })
+                .filter(|r| !r.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    roles.sort();
+    none_if_empty(roles.join(","))
+}
+
+fn node_status(obj: &Value) -> String {
+    let ready = arr(obj, "/status/conditions").iter().find(|c| s(c, "/type") == "Ready");
+    let mut st = match ready.map(|c| s(c, "/status")) {
+        Some("True") => "Ready".to_string(),
+        Some(_) | None => "NotReady".to_string(),
+    };
+    if ready.is_none() {
+        st = "Unknown".into();
+    }
+    if obj.pointer("/spec/unschedulable").and_then(|v| v.as_bool()).unwrap_or(false) {
+        st.push_str(",SchedulingDisabled");
+    }
+    st
+}
+
+fn node_address(obj: &Value, kind: &str) -> String {
+    arr(obj, "/status/addresses")
+        .iter()
+        .find(|a| s(a, "/type") == kind)
+        .map(|a| s(a, "/address").to_string())
+        .unwrap_or_else(|| "<none>".into())
+}
+
+fn endpoints_text(addrs: Vec<String>) -> String {
+    if addrs.is_empty() {
+        return "<none>".into();
+    }
+    let more = addrs.len().saturating_sub(3);
+    let shown = addrs.into_iter().take(3).collect::<Vec<_>>().join(",");
+    if more > 0 { format!("{shown} + {more} more...") } else { shown }
+}
+
+fn cells(info: &ResourceInfo, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
+    let name = json!(s(obj, "/metadata/name"));
+    let age = json!(age_of(obj.pointer("/metadata/creationTimestamp").and_then(|v| v.as_str()), now));
+    match (info.group, info.plural) {
+        ("", "pods") => {
+            let statuses = arr(obj, "/status/containerStatuses");
+            let total = arr(obj, "/spec/containers").len();
+            let ready = statuses.iter().filter(|c| c.get("ready").and_then(|r| r.as_bool()).unwrap_or(false)).count();
+            let gates = arr(obj, "/spec/readinessGates");
+            let gates_text = if gates.is_empty() {
+                "<none>".to_string()
+            } else {
+                let ok = gates
+                    .iter()
+                    .filter(|g| {
+                        arr(obj, "/status/conditions")
+                            .iter()
+                            .any(|c| s(c, "/type") == s(g, "/conditionType") && s(c, "/status") == "True")
+                    })
+                    .count();
+                format!("{ok}/{}", gates.len())
+            };
+            vec![
+                name,
+                json!(format!("{ready}/{total}")),
+                json!(pod_status(obj)),
+                json!(pod_restarts(obj, now)),
+                age,
+                json!(none_if_empty(s(obj, "/status/podIP").to_string())),
+                json!(none_if_empty(s(obj, "/spec/nodeName").to_string())),
+                json!(none_if_empty(s(obj, "/status/nominatedNodeName").to_string())),
+                json!(gates_text),
+            ]
+        }
+        ("", "configmaps") => {
+            let n = obj.get("data").and_then(|d| d.as_object()).map(|m| m.len()).unwrap_or(0)
+                + obj.get("binaryData").and_then(|d| d.as_object()).map(|m| m.len()).unwrap_or(0);
+            vec![name, json!(n), age]
+        }
+        ("", "secrets") => {
+            let n = obj.get("data").and_then(|d| d.as_object()).map(|m| m.len()).unwrap_or(0);
+            vec![name, json!(s(obj, "/type")), json!(n), age]
+        }
+        ("", "serviceaccounts") => vec![name, json!(arr(obj, "/secrets").len()), age],
+        ("", "namespaces") => vec![name, json!(s(obj, "/status/phase")), age],
+        ("", "services") => {
+            let t = obj.pointer("/spec/type").and_then(|v| v.as_str()).unwrap_or("ClusterIP");
+            let cip = s(obj, "/spec/clusterIP");
+            vec![
+                name,
+                json!(t),
+                json!(if cip.is_empty() { "<none>" } else { cip }),
+                json!(external_ips(obj)),
+                json!(service_ports(obj)),
+                age,
+                json!(none_if_empty(selector_text(obj.pointer("/spec/selector")))),
+            ]
+        }
+        ("", "endpoints") => {
+            let mut addrs = Vec::new();
+            for sub in arr(obj, "/subsets") {
+                let ports = arr(sub, "/ports");
+                for a in arr(sub, "/addresses") {
+                    if ports.is_empty() {
+                        addrs.push(s(a, "/ip").to_string());
+                    }
+                    for p in ports {
+                        addrs.push(format!("{}:{}", s(a, "/ip"), i(p, "/port")));
+                    }
+                }
+            }
+            vec![name, json!(endpoints_text(addrs)), age]
+        }
+        ("", "nodes") => vec![
+            name,
+            json!(node_status(obj)),
+            json!(node_roles(obj)),
+            age,
+            json!(s(obj, "/status/nodeInfo/kubeletVersion")),
+            json!(node_address(obj, "InternalIP")),
+            json!(node_address(obj, "ExternalIP")),
+            json!(none_if_empty(s(obj, "/status/nodeInfo/osImage").to_string())),
+            json!(none_if_empty(s(obj, "/status/nodeInfo/kernelVersion").to_string())),
+            json!(none_if_empty(s(obj, "/status/nodeInfo/containerRuntimeVersion").to_string())),
+        ],
+        ("", "events") => {
+            let last = [s(obj, "/lastTimestamp"), s(obj, "/eventTime"), s(obj, "/metadata/creationTimestamp")]
+                .into_iter()
+                .find(|t| !t.is_empty())
+                .map(|t| age_of(Some(t), now))
+                .unwrap_or_else(|| "<unknown>".into());
+            let object =
+                format!("{}/{}", s(obj, "/involvedObject/kind").to_lowercase(), s(obj, "/involvedObject/name"));
+            vec![
+                json!(last),
+                json!(s(obj, "/type")),
+                json!(s(obj, "/reason")),
+                json!(object),
+                json!(s(obj, "/message")),
+            ]
+        }
+        ("", "persistentvolumeclaims") => {
+            let modes: Vec<&str> = arr(obj, "/status/accessModes")
+                .iter()
+                .filter_map(|m| m.as_str())
+                .map(|m| match m {
+                    "ReadWriteOnce" => "RWO",
+                    "ReadOnlyMany" => "ROX",
+                    "ReadWriteMany" => "RWX",
+                    "ReadWriteOncePod" => "RWOP",
+                    o => o,
+                })
+                .collect();
+            vec![
+                name,
+                json!(s(obj, "/status/phase")),
+                json!(s(obj, "/spec/volumeName")),
+                json!(s(obj, "/status/capacity/storage")),
+                json!(modes.join(",")),
+                json!(none_if_empty(s(obj, "/spec/storageClassName").to_string())),
+                json!(none_if_empty(s(obj, "/spec/volumeAttributesClassName").to_string())),
+                age,
+            ]
+        }
+        ("", "replicationcontrollers") | ("apps", "replicasets") => {
+            let (c, im) = containers_and_images(obj, "/spec/template/spec");
+            vec![
+                name,
+                json!(i(obj, "/spec/replicas")),
+                json!(i(obj, "/status/replicas")),
+                json!(i(obj, "/status/readyReplicas")),
+                age,
+                json!(c),
+                json!(im),
+                json!(none_if_empty(selector_text(obj.pointer("/spec/selector")))),
+            ]
+        }
+        ("apps", "deployments") => {
+            let (c, im) = containers_and_images(obj, "/spec/template/spec");
+            vec![
+                name,
+                json!(format!("{}/{}", i(obj, "/status/readyReplicas"), i(obj, "/spec/replicas"))),
+                json!(i(obj, "/status/updatedReplicas")),
+                json!(i(obj, "/status/availableReplicas")),
+                age,
+                json!(c),
+                json!(im),
+                json!(none_if_empty(selector_text(obj.pointer("/spec/selector")))),
+            ]
+        }
+        ("apps", "statefulsets") => {
+            let (c, im) = containers_and_images(obj, "/spec/template/spec");
+            vec![
+                name,
+                json!(format!("{}/{}", i(obj, "/status/readyReplicas"), i(obj, "/spec/replicas"))),
+                age,
+                json!(c),
+                json!(im),
+            ]
+        }
+        ("apps", "daemonsets") => {
+            let (c, im) = containers_and_images(obj, "/spec/template/spec");
+            let ns = selector_text(obj.pointer("/spec/template/spec/nodeSelector"));
+            vec![
+                name,
+                json!(i(obj, "/status/desiredNumberScheduled")),
+                json!(i(obj, "/status/currentNumberScheduled")),
+                json!(i(obj, "/status/numberReady")),
+                json!(i(obj, "/status/updatedNumberScheduled")),
+                json!(i(obj, "/status/numberAvailable")),
+                json!(none_if_empty(ns)),
+                age,
+                json!(c),
+                json!(im),
+                json!(none_if_empty(selector_text(obj.pointer("/spec/selector")))),
+            ]
+        }
+        ("apps", "controllerrevisions") => {
+            let owner = arr(obj, "/metadata/ownerReferences")
+                .iter()
+                .find(|o| o.get("controller").and_then(|c| c.as_bool()).unwrap_or(false))
+                .map(|o| format!("{}/{}", s(o, "/kind").to_lowercase(), s(o, "/name")))
+                .unwrap_or_else(|| "<none>".into());
+            vec![name, json!(owner), json!(i(obj, "/revision")), age]
+        }
+        ("batch", "jobs") => {
+            let (c, im) = containers_and_images(obj, "/spec/template/spec");
+            let conds = arr(obj, "/status/conditions");
+            let has = |t: &str| conds.iter().any(|c| s(c, "/type") == t && s(c, "/status") == "True");
+            let status = if has("Complete") {
+                "Complete"
+            } else if has("Failed") {
+                "Failed"
+            } else if obj.pointer("/metadata/deletionTimestamp").is_some() {
+                "Terminating"
+            } else if has("Suspended") {
+                "Suspended"
+            } else if has("FailureTarget") {
+                "FailureTarget"
+            } else if has("SuccessCriteriaMet") {
+                "SuccessCriteriaMet"
+            } else {
+                "Running"
+            };
+            let completions = match obj.pointer("/spec/completions").and_then(|v| v.as_i64()) {
+                Some(n) => format!("{}/{n}", i(obj, "/status/succeeded")),
+                None => format!(
+                    "{}/1 of {}",
+                    i(obj, "/status/succeeded"),
+                    obj.pointer("/spec/parallelism").and_then(|v| v.as_i64()).unwrap_or(1)
+                ),
+            };
+            let start = obj
+                .pointer("/status/startTime")
+                .and_then(|v| v.as_str())
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+            let end = obj
+                .pointer("/status/completionTime")
+                .and_then(|v| v.as_str())
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or(now);
+            let duration =
+                start.map(|st| human_duration((end - st.with_timezone(&Utc)).num_seconds())).unwrap_or_default();
+            vec![
+                name,
+                json!(status),
+                json!(completions),
+                json!(duration),
+                age,
+                json!(c),
+                json!(im),
+                json!(none_if_empty(selector_text(obj.pointer("/spec/selector")))),
+            ]
+        }
+        ("batch", "cronjobs") => {
+            let (c, im) = containers_and_images(obj, "/spec/jobTemplate/spec/template/spec");
+            let last = obj
+                .pointer("/status/lastScheduleTime")
+                .and_then(|v| v.as_str())
+                .map(|t| age_of(Some(t), now))
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                name,
+                json!(s(obj, "/spec/schedule")),
+                json!(none_if_empty(s(obj, "/spec/timeZone").to_string())),
+                json!(obj.pointer("/spec/suspend").and_then(|v| v.as_bool()).unwrap_or(false)),
+                json!(arr(obj, "/status/active").len()),
+                json!(last),
+                age,
+                json!(c),
+                json!(im),
+                json!(none_if_empty(selector_text(obj.pointer("/spec/jobTemplate/spec/selector")))),
+            ]
+        }
+        ("coordination.k8s.io", "leases") => vec![name, json!(s(obj, "/spec/holderIdentity")), age],
+        ("discovery.k8s.io", "endpointslices") => {
+            let ports: Vec<String> = arr(obj, "/ports").iter().map(|p| i(p, "/port").to_string()).collect();
+            let addrs: Vec<String> = arr(obj, "/endpoints")
+                .iter()
+                .flat_map(|e| arr(e, "/addresses").iter().filter_map(|a| a.as_str().map(String::from)))
+                .collect();
+            vec![
+                name,
+                json!(s(obj, "/addressType")),
+                json!(if ports.is_empty() { "<unset>".into() } else { ports.join(",") }),
+                json!(endpoints_text(addrs)),
+                age,
+            ]
+        }
+        ("networking.k8s.io", "ingresses") => {
+            let hosts: Vec<&str> =
+                arr(obj, "/spec/rules").iter().map(|r| s(r, "/host")).filter(|h| !h.is_empty()).collect();
+            let addr: Vec<&str> = arr(obj, "/status/loadBalancer/ingress")
+                .iter()
+                .map(|a| if s(a, "/ip").is_empty() { s(a, "/hostname") } else { s(a, "/ip") })
+                .collect();
+            let ports = if arr(obj, "/spec/tls").is_empty() { "80" } else { "80, 443" };
+            vec![
+                name,
+                json!(none_if_empty(s(obj, "/spec/ingressClassName").to_string())),
+                json!(if hosts.is_empty() { "*".to_string() } else { hosts.join(",") }),
+                json!(addr.join(",")),
+                json!(ports),
+                age,
+            ]
+        }
+        ("scheduling.k8s.io", "priorityclasses") => vec![
+            name,
+            json!(i(obj, "/value")),
+            json!(obj.get("globalDefault").and_then(|v| v.as_bool()).unwrap_or(false)),
+            age,
+            json!(obj.get("preemptionPolicy").and_then(|v| v.as_str()).unwrap_or("PreemptLowerPriority")),
+        ],
+        ("storage.k8s.io", "storageclasses") => {
+            let mut n = s(obj, "/metadata/name").to_string();
+            let ann = obj.pointer("/metadata/annotations");
+            if ann.and_then(|a| a.get("storageclass.kubernetes.io/is-default-class")).and_then(|v| v.as_str())
+                == Some("true")
+            {
+                n.push_str(" (default)");
+            }
+            vec![
+                json!(n),
+                json!(s(obj, "/provisioner")),
+                json!(obj.get("reclaimPolicy").and_then(|v| v.as_str()).unwrap_or("Delete")),
+                json!(obj.get("volumeBindingMode").and_then(|v| v.as_str()).unwrap_or("Immediate")),
+                json!(obj.get("allowVolumeExpansion").and_then(|v| v.as_bool()).unwrap_or(false).to_string()),
+                age,
+            ]
+        }
+        ("rbac.authorization.k8s.io", "roles" | "clusterroles") => {
+            vec![name, json!(s(obj, "/metadata/creationTimestamp"))]
+        }
+        ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => {
+            let subjects = arr(obj, "/subjects");
+            let pick = |kind: &str| -> String {
+                subjects
+                    .iter()
+                    .filter(|x| s(x, "/kind") == kind)
+                    .map(|x| {
+                        if kind == "ServiceAccount" {
+                            format!("{}/{}", s(x, "/namespace"), s(x, "/name"))
+                        } else {
+                            s(x, "/name").to_string()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                name,
+                json!(format!("{}/{}", s(obj, "/roleRef/kind"), s(obj, "/roleRef/name"))),
+                age,
+                json!(pick("User")),
+                json!(pick("Group")),
+                json!(pick("ServiceAccount")),
+            ]
+        }
+        ("certificates.k8s.io", "certificatesigningrequests") => {
+            let conds: Vec<&str> = arr(obj, "/status/conditions").iter().map(|c| s(c, "/type")).collect();
+            let mut cond = if conds.is_empty() { "Pending".to_string() } else { conds.join(",") };
+            if obj.pointer("/status/certificate").is_some() {
+                cond.push_str(",Issued");
+            }
+            let dur = obj
+                .pointer("/spec/expirationSeconds")
+                .and_then(|v| v.as_i64())
+                .map(human_duration)
+                .unwrap_or_else(|| "<none>".into());
+            vec![name, age, json!(s(obj, "/spec/signerName")), json!(s(obj, "/spec/username")), json!(dur), json!(cond)]
+        }
+        _ => vec![name, json!(s(obj, "/metadata/creationTimestamp"))],
     }
 }
 
 /// One row.
-pub fn row(_info: &ResourceInfo, obj: &Value, include: IncludeObject, now: DateTime<Utc>) -> Value {
-    let name = obj.pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or("");
-    let age = human_age(obj.pointer("/metadata/creationTimestamp").and_then(|v| v.as_str()), now);
-    let mut r = json!({"cells": [name, age]});
+pub fn row(info: &ResourceInfo, obj: &Value, include: IncludeObject, now: DateTime<Utc>) -> Value {
+    let mut r = json!({"cells": cells(info, obj, now)});
     match include {
         IncludeObject::None => {}
         IncludeObject::Metadata => {
@@ -80,4 +857,72 @@ pub fn table(
 ) -> Value {
     let rows: Vec<Value> = objects.iter().map(|o| row(info, o, include, now)).collect();
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_metadata, "columnDefinitions": column_definitions(info), "rows": rows})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::registry::{RESOURCES, lookup};
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2024-01-01T01:00:00Z").unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn durations_like_upstream() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(119), "119s");
+        assert_eq!(human_duration(200), "3m20s");
+        assert_eq!(human_duration(3600), "60m");
+        assert_eq!(human_duration(4 * 3600 + 60), "4h1m");
+        assert_eq!(human_duration(3 * 86400 + 3600), "3d1h");
+        assert_eq!(human_duration(30 * 86400), "30d");
+    }
+
+    #[test]
+    fn pods_show_status_and_restarts() {
+        let pods = lookup("", "v1", "pods").unwrap();
+        let pod = json!({"metadata": {"name": "p", "creationTimestamp": "2024-01-01T00:00:00Z"},
+            "spec": {"containers": [{"name": "a"}], "nodeName": "n1"},
+            "status": {"phase": "Running", "podIP": "10.42.0.5", "containerStatuses": [{"name": "a", "ready": false, "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {"finishedAt": "2024-01-01T00:58:00Z"}}}]}});
+        let c = cells(pods, &pod, now());
+        assert_eq!(
+            c,
+            vec![
+                json!("p"),
+                json!("0/1"),
+                json!("CrashLoopBackOff"),
+                json!("3 (2m ago)"),
+                json!("60m"),
+                json!("10.42.0.5"),
+                json!("n1"),
+                json!("<none>"),
+                json!("<none>")
+            ]
+        );
+    }
+
+    #[test]
+    fn services_ports_and_ips() {
+        let svcs = lookup("", "v1", "services").unwrap();
+        let svc = json!({"metadata": {"name": "web"}, "spec": {"type": "NodePort", "clusterIP": "10.43.0.9", "externalIPs": ["1.2.3.4"], "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}], "selector": {"app": "web"}}});
+        let c = cells(svcs, &svc, now());
+        assert_eq!(&c[1..5], &[json!("NodePort"), json!("10.43.0.9"), json!("1.2.3.4"), json!("80:30080/TCP")]);
+        assert_eq!(c[6], json!("app=web"));
+    }
+
+    #[test]
+    fn odd_shapes_never_panic() {
+        for r in RESOURCES {
+            for v in [json!({}), json!(null), json!({"metadata": 5, "spec": "x", "status": []})] {
+                let t = table(r, &[v], json!({}), IncludeObject::Metadata, now());
+                assert_eq!(
+                    t["rows"][0]["cells"].as_array().unwrap().len(),
+                    t["columnDefinitions"].as_array().unwrap().len(),
+                    "{r:?}"
+                );
+            }
+        }
+    }
 }

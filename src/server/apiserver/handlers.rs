@@ -96,10 +96,16 @@ impl Call<'_> {
     }
 
     fn decode_body(&self) -> Result<Value, ApiError> {
-        let format = negotiate::body_format(self.content_type.as_deref())?;
         if self.body.is_empty() {
             return Err(ApiError::bad_request("the body of the request was empty"));
         }
+        if self.content_type.as_deref().is_some_and(|c| c.starts_with(super::protobuf::MEDIA_TYPE)) {
+            if self.body.len() > codec::MAX_BODY {
+                return Err(ApiError::too_large(codec::MAX_BODY));
+            }
+            return super::protobuf::decode(&self.body, self.info.definition);
+        }
+        let format = negotiate::body_format(self.content_type.as_deref())?;
         codec::decode_body(&self.body, format)
     }
 }

@@ -18,6 +18,9 @@ pub mod negotiate;
 pub mod objects;
 pub mod openapi;
 pub mod openapi_routes;
+pub mod protobuf;
+#[rustfmt::skip]
+pub mod protobuf_table;
 pub mod request;
 pub mod response;
 pub mod reviews;
@@ -320,8 +323,12 @@ impl ApiServer {
         if r.plural == "bindings" {
             return subresources::bind(call, "").await;
         }
-        let format = negotiate::body_format(call.content_type.as_deref())?;
-        let body = codec::decode_body(&call.body, format)?;
+        let is_protobuf = call.content_type.as_deref().is_some_and(|c| c.starts_with(protobuf::MEDIA_TYPE));
+        let body = if is_protobuf {
+            protobuf::decode(&call.body, call.info.definition)?
+        } else {
+            codec::decode_body(&call.body, negotiate::body_format(call.content_type.as_deref())?)?
+        };
         let out = reviews::review(self, call.user, r.plural, &call.req.namespace, &body)?;
         Ok(response::json(201, &out))
     }

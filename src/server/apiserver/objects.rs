@@ -645,7 +645,10 @@ impl Objects {
             }
             let mut next = current.clone();
             let mut finalizers = meta::finalizers(&current);
-            match opts.propagation_policy.as_deref() {
+            // Without dependents, foreground and orphan deletion have nothing to wait for.
+            let wait_for_dependents = matches!(opts.propagation_policy.as_deref(), Some("Orphan" | "Foreground"))
+                && self.has_dependents(meta::uid(&current)).await?;
+            match opts.propagation_policy.as_deref().filter(|_| wait_for_dependents) {
                 Some("Orphan") if !finalizers.iter().any(|f| f == "orphan") => finalizers.push("orphan".into()),
                 Some("Foreground") if !finalizers.iter().any(|f| f == "foregroundDeletion") => {
                     finalizers.push("foregroundDeletion".into())
@@ -717,6 +720,33 @@ impl Objects {
             }
         }
         Err(ApiError::stale(info.group, info.plural, name))
+    }
+
+    /// Whether any stored object names `uid` in its ownerReferences.
+    async fn has_dependents(&self, uid: &str) -> Result<bool, ApiError> {
+        if uid.is_empty() {
+            return Ok(false);
+        }
+        let needle = format!("\"uid\":\"{uid}\"");
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.range("/", after.as_deref(), 1000, None).await.map_err(ApiError::internal)?;
+            for kv in &page.kvs {
+                // Cheap text check first; parse only candidates.
+                if kv.value.windows(needle.len()).any(|w| w == needle.as_bytes())
+                    && let Ok(v) = serde_json::from_slice::<Value>(&kv.value)
+                    && v.pointer("/metadata/ownerReferences")
+                        .and_then(|o| o.as_array())
+                        .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(|u| u.as_str()) == Some(uid)))
+                {
+                    return Ok(true);
+                }
+            }
+            if !page.more {
+                return Ok(false);
+            }
+            after = page.kvs.last().map(|kv| kv.key.clone());
+        }
     }
 
     /// Grace period for a delete: only pods bound to a node and still running get one.

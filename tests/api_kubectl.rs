@@ -1,0 +1,339 @@
+//! kubectl 1.32 end to end against a real `skiff server`: the everyday commands a user runs
+//! against a cluster without nodes.
+
+mod common;
+
+use common::Server;
+
+const APP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: demo
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: busybox:1.36
+        command: ["httpd", "-f", "-p", "8080"]
+        ports:
+        - containerPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: demo
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 8080
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: cfg
+  namespace: demo
+  labels: {tier: config}
+data:
+  a: "1"
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: sec
+  namespace: demo
+stringData:
+  password: hunter2
+"#;
+
+fn apply(s: &Server, manifest: &str, extra: &[&str]) -> String {
+    let mut args = vec!["apply", "-f", "-"];
+    args.extend_from_slice(extra);
+    let out = s.apply_stdin(&args, manifest);
+    assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn apply_get_and_change() {
+    let s = Server::start();
+    let first = apply(&s, APP, &[]);
+    for line in [
+        "namespace/demo created",
+        "deployment.apps/web created",
+        "service/web created",
+        "configmap/cfg created",
+        "secret/sec created",
+    ] {
+        assert!(first.contains(line), "{first}");
+    }
+    let again = apply(&s, APP, &[]);
+    assert!(again.contains("deployment.apps/web unchanged"), "{again}");
+    assert!(again.contains("configmap/cfg unchanged"), "{again}");
+    let changed = apply(&s, &APP.replace("a: \"1\"", "a: \"2\"").replace("replicas: 2", "replicas: 3"), &[]);
+    assert!(changed.contains("configmap/cfg configured"), "{changed}");
+    assert!(changed.contains("deployment.apps/web configured"), "{changed}");
+    assert!(changed.contains("secret/sec unchanged"), "{changed}");
+    assert_eq!(s.ok(&["get", "deploy", "web", "-n", "demo", "-o", "jsonpath={.spec.replicas}"]), "3");
+    assert_eq!(s.ok(&["get", "cm", "cfg", "-n", "demo", "-o", "jsonpath={.data.a}"]), "2");
+
+    // Output formats.
+    let table = s.ok(&["get", "configmaps", "-n", "demo"]);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains("cfg"), "{table}");
+    let json: serde_json::Value =
+        serde_json::from_str(&s.ok(&["get", "svc", "web", "-n", "demo", "-o", "json"])).unwrap();
+    assert_eq!(json["spec"]["ports"][0]["port"], 80);
+    let ip = json["spec"]["clusterIP"].as_str().unwrap();
+    assert!(ip.starts_with("10.43."), "{ip}");
+    let yaml = s.ok(&["get", "deploy", "web", "-n", "demo", "-o", "yaml"]);
+    assert!(yaml.contains("kind: Deployment"), "{yaml}");
+    let cc = s.ok(&["get", "cm", "-n", "demo", "-o", "custom-columns=NAME:.metadata.name,A:.data.a"]);
+    assert_eq!(cc.lines().nth(1).unwrap().split_whitespace().collect::<Vec<_>>(), ["cfg", "2"]);
+    let by_label = s.ok(&["get", "cm", "-A", "-l", "tier=config", "-o", "name"]);
+    assert_eq!(by_label.trim(), "configmap/cfg");
+    let by_field = s.ok(&["get", "cm", "-A", "--field-selector", "metadata.name=cfg", "-o", "name"]);
+    assert_eq!(by_field.trim(), "configmap/cfg");
+    let all_ns = s.ok(&["get", "svc", "-A"]);
+    assert!(all_ns.contains("default") && all_ns.contains("kubernetes") && all_ns.contains("demo"), "{all_ns}");
+    let wide = s.ok(&["get", "deploy", "-n", "demo", "-o", "wide"]);
+    assert!(wide.contains("web"), "{wide}");
+    let described = s.ok(&["describe", "deploy", "web", "-n", "demo"]);
+    assert!(described.contains("Name:") && described.contains("busybox:1.36"), "{described}");
+
+    // Server-side apply and diff.
+    let ssa = apply(&s, &APP.replace("a: \"1\"", "a: \"ssa\""), &["--server-side", "--force-conflicts"]);
+    assert!(ssa.contains("serverside-applied"), "{ssa}");
+    assert_eq!(s.ok(&["get", "cm", "cfg", "-n", "demo", "-o", "jsonpath={.data.a}"]), "ssa");
+    let diff = s.apply_stdin(&["diff", "-f", "-"], &APP.replace("a: \"1\"", "a: \"diffed\""));
+    assert_eq!(
+        diff.status.code(),
+        Some(1),
+        "diff exits 1 when there are differences: {}",
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&diff.stdout).contains("+  a: diffed"),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+    assert_eq!(
+        s.ok(&["get", "cm", "cfg", "-n", "demo", "-o", "jsonpath={.data.a}"]),
+        "ssa",
+        "diff must not change anything"
+    );
+}
+
+#[test]
+fn patch_label_annotate_scale_edit() {
+    let s = Server::start();
+    apply(&s, APP, &[]);
+    s.ok(&["patch", "cm", "cfg", "-n", "demo", "--type=json", "-p", r#"[{"op":"add","path":"/data/b","value":"2"}]"#]);
+    s.ok(&["patch", "cm", "cfg", "-n", "demo", "--type=merge", "-p", r#"{"data":{"c":"3"}}"#]);
+    s.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-n",
+        "demo",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"busybox:1.37"}]}}}}"#,
+    ]);
+    let data = s.ok(&["get", "cm", "cfg", "-n", "demo", "-o", "jsonpath={.data}"]);
+    let data: serde_json::Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(data, serde_json::json!({"a": "1", "b": "2", "c": "3"}));
+    let d: serde_json::Value =
+        serde_json::from_str(&s.ok(&["get", "deploy", "web", "-n", "demo", "-o", "json"])).unwrap();
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "busybox:1.37");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["command"][0], "httpd",
+        "strategic merge keeps other fields"
+    );
+    assert_eq!(d["metadata"]["generation"], 2);
+
+    s.ok(&["label", "cm", "cfg", "-n", "demo", "color=blue"]);
+    s.ok(&["annotate", "cm", "cfg", "-n", "demo", "note=hello"]);
+    assert_eq!(
+        s.ok(&["get", "cm", "-n", "demo", "-l", "color=blue", "-o", "jsonpath={.items[0].metadata.annotations.note}"]),
+        "hello"
+    );
+    s.ok(&["label", "cm", "cfg", "-n", "demo", "color-"]);
+    assert_eq!(s.ok(&["get", "cm", "-n", "demo", "-l", "color", "-o", "name"]).trim(), "");
+
+    assert!(s.ok(&["scale", "deploy", "web", "-n", "demo", "--replicas=5"]).contains("scaled"));
+    assert_eq!(s.ok(&["get", "deploy", "web", "-n", "demo", "-o", "jsonpath={.spec.replicas}"]), "5");
+
+    // kubectl edit with a script as the editor.
+    let editor = s.path().join("editor.sh");
+    std::fs::write(&editor, "#!/bin/sh\nsed -i 's/^  a: \"1\"$/  a: edited/' \"$1\"\n").unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(&editor).status().unwrap();
+    let out = std::process::Command::new(common::KUBECTL)
+        .args(["edit", "cm", "cfg", "-n", "demo"])
+        .env("KUBECONFIG", &s.kubeconfig)
+        .env("KUBE_EDITOR", &editor)
+        .env("HOME", s.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(s.ok(&["get", "cm", "cfg", "-n", "demo", "-o", "jsonpath={.data.a}"]), "edited");
+}
+
+#[test]
+fn watch_sees_later_changes() {
+    let s = Server::start();
+    apply(&s, APP, &[]);
+    let mut child = std::process::Command::new(common::KUBECTL)
+        .args(["get", "cm", "-n", "demo", "-w", "--output-watch-events", "--request-timeout=20s"])
+        .env("KUBECONFIG", &s.kubeconfig)
+        .env("HOME", s.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let header = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    assert_eq!(header.split_whitespace().collect::<Vec<_>>(), ["EVENT", "NAME", "DATA", "AGE"]);
+    let first = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    assert_eq!(first.split_whitespace().take(3).collect::<Vec<_>>(), ["ADDED", "cfg", "1"]);
+    s.ok(&["create", "configmap", "later", "-n", "demo", "--from-literal=x=1"]);
+    s.ok(&["delete", "configmap", "later", "-n", "demo"]);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let line = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        seen.push(line.split_whitespace().take(2).collect::<Vec<_>>().join(" "));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(seen, ["ADDED later", "DELETED later"]);
+}
+
+#[test]
+fn delete_with_finalizers_and_cascade() {
+    let s = Server::start();
+    apply(&s, APP, &[]);
+    s.ok(&[
+        "patch",
+        "cm",
+        "cfg",
+        "-n",
+        "demo",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+    ]);
+    s.ok(&["delete", "cm", "cfg", "-n", "demo", "--wait=false"]);
+    let v: serde_json::Value = serde_json::from_str(&s.ok(&["get", "cm", "cfg", "-n", "demo", "-o", "json"])).unwrap();
+    assert!(v["metadata"]["deletionTimestamp"].is_string(), "{v}");
+    let err = s.fails(&[
+        "patch",
+        "cm",
+        "cfg",
+        "-n",
+        "demo",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/metadata/finalizers/-","value":"example.com/more"}]"#,
+    ]);
+    assert!(err.contains("no new finalizers can be added if the object is being deleted"), "{err}");
+    s.ok(&["patch", "cm", "cfg", "-n", "demo", "--type=merge", "-p", r#"{"metadata":{"finalizers":null}}"#]);
+    let gone = s.fails(&["get", "cm", "cfg", "-n", "demo"]);
+    assert!(gone.contains("configmaps \"cfg\" not found"), "{gone}");
+
+    // Foreground deletion of an object without dependents completes.
+    let out = s.kubectl(&["delete", "deploy", "web", "-n", "demo", "--cascade=foreground", "--timeout=20s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(s.fails(&["get", "deploy", "web", "-n", "demo"]).contains("not found"));
+    // Orphan deletion keeps nothing waiting either.
+    s.ok(&["delete", "svc", "web", "-n", "demo", "--cascade=orphan"]);
+    assert!(s.fails(&["get", "svc", "web", "-n", "demo"]).contains("not found"));
+}
+
+#[test]
+fn discovery_explain_auth_and_misc() {
+    let s = Server::start();
+    let res = s.ok(&["api-resources"]);
+    for (name, short) in [
+        ("pods", "po"),
+        ("deployments", "deploy"),
+        ("services", "svc"),
+        ("namespaces", "ns"),
+        ("horizontalpodautoscalers", "hpa"),
+        ("certificatesigningrequests", "csr"),
+        ("priorityclasses", "pc"),
+    ] {
+        let line = res
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{res}"));
+        assert!(line.split_whitespace().any(|w| w == short), "{name} lacks short name {short}: {line}");
+    }
+    let explain = s.ok(&["explain", "deployment.spec.strategy"]);
+    assert!(explain.contains("KIND:       Deployment") && explain.contains("rollingUpdate"), "{explain}");
+    assert_eq!(s.ok(&["auth", "can-i", "create", "deployments"]).trim(), "yes");
+    let who = s.ok(&["auth", "whoami"]);
+    assert!(who.contains("system:admin") && who.contains("system:masters"), "{who}");
+    let dry = s.ok(&["create", "configmap", "dry", "--from-literal=a=b", "--dry-run=server"]);
+    assert!(dry.contains("configmap/dry created (server dry run)"), "{dry}");
+    assert!(s.fails(&["get", "cm", "dry"]).contains("not found"));
+    let ready = s.ok(&["get", "--raw", "/readyz?verbose"]);
+    assert!(ready.contains("[+]ping ok") && ready.ends_with("readyz check passed\n"), "{ready}");
+    let v = s.ok(&["version", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+    assert_eq!(v["serverVersion"]["minor"], "32");
+    let svc = s.ok(&["get", "svc", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert_eq!(svc, "10.43.0.1");
+    let eps = s.ok(&["get", "endpointslices", "kubernetes", "-o", "jsonpath={.endpoints[0].addresses[0]}"]);
+    assert_eq!(eps, "127.0.0.1");
+    let ns = s.ok(&["get", "ns", "-o", "name"]);
+    assert_eq!(
+        ns.lines().collect::<Vec<_>>(),
+        ["namespace/default", "namespace/kube-node-lease", "namespace/kube-public", "namespace/kube-system"]
+    );
+}
+
+#[test]
+fn other_kubectl_versions() {
+    let s = Server::start();
+    for v in ["1.27", "1.33"] {
+        let bin = format!("/usr/lib/google-cloud-sdk/bin/kubectl.{v}");
+        if !std::path::Path::new(&bin).exists() {
+            panic!("{bin} is missing");
+        }
+        let run = |args: &[&str]| {
+            let out = s.kubectl_bin(&bin, args);
+            assert!(out.status.success(), "kubectl {v} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let name = format!("cm-{}", v.replace('.', "-"));
+        run(&["create", "configmap", &name, "--from-literal=k=v"]);
+        assert!(run(&["get", "cm"]).contains(&name));
+        run(&["label", "cm", &name, "x=y"]);
+        assert_eq!(run(&["get", "cm", "-l", "x=y", "-o", "name"]).trim(), format!("configmap/{name}"));
+        assert!(run(&["api-resources"]).contains("deployments"));
+        run(&["delete", "cm", &name]);
+    }
+}
