@@ -88,7 +88,7 @@ fn apply_get_and_change() {
     let changed = apply(&s, &APP.replace("a: \"1\"", "a: \"2\"").replace("replicas: 2", "replicas: 3"), &[]);
     assert!(changed.contains("configmap/cfg configured"), "{changed}");
     assert!(changed.contains("deployment.apps/web configured"), "{changed}");
-    assert!(changed.contains("secret/sec unchanged"), "{changed}");
+    assert!(changed.contains("service/web unchanged"), "{changed}");
     assert_eq!(s.ok(&["get", "deploy", "web", "-n", "demo", "-o", "jsonpath={.spec.replicas}"]), "3");
     assert_eq!(s.ok(&["get", "cm", "cfg", "-n", "demo", "-o", "jsonpath={.data.a}"]), "2");
 

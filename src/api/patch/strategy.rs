@@ -1,5 +1,9 @@
 //! Which lists merge by key in strategic merge patch, following the `patchStrategy` and
 //! `patchMergeKey` tags of upstream's Go types. Lists not named here are replaced whole.
+//!
+//! [`TABLE`] states the facts per type and field (the OpenAPI documents publish them, and
+//! kubectl computes its apply patches from them); [`list_strategy`] is the field-name view
+//! the patch code uses while it walks untyped JSON.
 
 /// How a list field is patched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,3 +43,41 @@ pub fn list_strategy(field: &str, sample: Option<&serde_json::Value>) -> ListStr
         _ => ListStrategy::Replace,
     }
 }
+
+/// `(definition, field, patch strategy, merge key)` of upstream's tagged list fields.
+pub static TABLE: &[(&str, &str, &str, &str)] = &[
+    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers", "merge", ""),
+    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences", "merge", "uid"),
+    ("io.k8s.api.core.v1.PodSpec", "volumes", "merge,retainKeys", "name"),
+    ("io.k8s.api.core.v1.PodSpec", "initContainers", "merge", "name"),
+    ("io.k8s.api.core.v1.PodSpec", "containers", "merge", "name"),
+    ("io.k8s.api.core.v1.PodSpec", "ephemeralContainers", "merge", "name"),
+    ("io.k8s.api.core.v1.PodSpec", "imagePullSecrets", "merge", "name"),
+    ("io.k8s.api.core.v1.PodSpec", "hostAliases", "merge", "ip"),
+    ("io.k8s.api.core.v1.PodSpec", "topologySpreadConstraints", "merge", "topologyKey"),
+    ("io.k8s.api.core.v1.PodSpec", "resourceClaims", "merge,retainKeys", "name"),
+    ("io.k8s.api.core.v1.PodSpec", "schedulingGates", "merge", "name"),
+    ("io.k8s.api.core.v1.Container", "ports", "merge", "containerPort"),
+    ("io.k8s.api.core.v1.Container", "env", "merge", "name"),
+    ("io.k8s.api.core.v1.Container", "volumeMounts", "merge", "mountPath"),
+    ("io.k8s.api.core.v1.Container", "volumeDevices", "merge", "devicePath"),
+    ("io.k8s.api.core.v1.EphemeralContainer", "ports", "merge", "containerPort"),
+    ("io.k8s.api.core.v1.EphemeralContainer", "env", "merge", "name"),
+    ("io.k8s.api.core.v1.EphemeralContainer", "volumeMounts", "merge", "mountPath"),
+    ("io.k8s.api.core.v1.EphemeralContainer", "volumeDevices", "merge", "devicePath"),
+    ("io.k8s.api.core.v1.ServiceSpec", "ports", "merge", "port"),
+    ("io.k8s.api.core.v1.PodStatus", "conditions", "merge", "type"),
+    ("io.k8s.api.core.v1.PodStatus", "podIPs", "merge", "ip"),
+    ("io.k8s.api.core.v1.PodStatus", "hostIPs", "merge", "ip"),
+    ("io.k8s.api.core.v1.NodeStatus", "conditions", "merge", "type"),
+    ("io.k8s.api.core.v1.NodeStatus", "addresses", "merge", "type"),
+    ("io.k8s.api.core.v1.NodeSpec", "podCIDRs", "merge", ""),
+    ("io.k8s.api.core.v1.NamespaceStatus", "conditions", "merge", "type"),
+    ("io.k8s.api.core.v1.PersistentVolumeClaimStatus", "conditions", "merge", "type"),
+    ("io.k8s.api.core.v1.ReplicationControllerStatus", "conditions", "merge", "type"),
+    ("io.k8s.api.apps.v1.DeploymentStatus", "conditions", "merge", "type"),
+    ("io.k8s.api.apps.v1.ReplicaSetStatus", "conditions", "merge", "type"),
+    ("io.k8s.api.apps.v1.StatefulSetStatus", "conditions", "merge", "type"),
+    ("io.k8s.api.apps.v1.DaemonSetStatus", "conditions", "merge", "type"),
+    ("io.k8s.api.batch.v1.JobStatus", "conditions", "atomic", ""),
+];

@@ -162,6 +162,21 @@ fn schemas(resources: &[&ResourceInfo], v3: bool) -> Map<String, Value> {
         (r.schema)(&mut generator);
     }
     let mut defs = generator.take_definitions(true);
+    for (def, field, strategy, key) in crate::api::patch::strategy::TABLE {
+        if *strategy == "atomic" {
+            continue;
+        }
+        if let Some(prop) = defs
+            .get_mut(*def)
+            .and_then(|d| d.pointer_mut(&format!("/properties/{field}")))
+            .and_then(|p| p.as_object_mut())
+        {
+            prop.insert("x-kubernetes-patch-strategy".into(), json!(strategy));
+            if !key.is_empty() {
+                prop.insert("x-kubernetes-patch-merge-key".into(), json!(key));
+            }
+        }
+    }
     for r in resources {
         if let Some(Value::Object(d)) = defs.get_mut(r.definition) {
             let entry = d.entry("x-kubernetes-group-version-kind").or_insert_with(|| json!([]));

@@ -1,0 +1,156 @@
+//! Bad input gets a Kubernetes `Status` with the right code, never a crash, and never changes
+//! stored data.
+
+mod common;
+
+use common::Server;
+use common::reqwest_like::Client;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+const CM_PATH: &str = "/api/v1/namespaces/default/configmaps";
+
+#[test]
+fn malformed_and_invalid_bodies() {
+    let s = Server::start();
+    s.ok(&["create", "configmap", "orig", "--from-literal=a=b"]);
+    let before = s.ok(&["get", "cm", "orig", "-o", "json"]);
+    let c = Client::from_kubeconfig(&s.kubeconfig, true);
+    let json = [("content-type", "application/json")];
+    let rt = rt();
+    let send = |method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]| {
+        rt.block_on(c.send(method, path, headers, body.to_vec())).unwrap()
+    };
+
+    let r = send("POST", CM_PATH, &json, b"{not json");
+    assert_eq!((r.status, r.json()["reason"].as_str()), (400, Some("BadRequest")), "{}", r.text());
+    assert_eq!(r.json()["kind"], "Status");
+    let r = send("POST", CM_PATH, &[("content-type", "application/yaml")], b"a: [\n");
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = send("POST", CM_PATH, &json, br#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"x"}}"#);
+    assert_eq!(r.status, 400, "wrong kind: {}", r.text());
+    let r = send("POST", CM_PATH, &json, br#"{"apiVersion":"v2","kind":"ConfigMap","metadata":{"name":"x"}}"#);
+    assert_eq!(r.status, 400, "wrong apiVersion: {}", r.text());
+    let big = format!(
+        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"big"}},"data":{{"a":"{}"}}}}"#,
+        "x".repeat(3 * 1024 * 1024 + 10)
+    );
+    let r = send("POST", CM_PATH, &json, big.as_bytes());
+    assert_eq!((r.status, r.json()["reason"].as_str()), (413, Some("RequestEntityTooLarge")), "{}", r.text());
+    let r = send(
+        "POST",
+        &format!("{CM_PATH}?fieldValidation=Strict"),
+        &json,
+        br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"s","bogus":1},"dataa":{}}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["message"], "strict decoding error: unknown field \"metadata.bogus\", unknown field \"dataa\"");
+    let r = send(
+        "POST",
+        &format!("{CM_PATH}?fieldValidation=Warn"),
+        &json,
+        br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"w"},"dataa":{}}"#,
+    );
+    assert_eq!(r.status, 201);
+    assert_eq!(r.headers.get("warning").unwrap().to_str().unwrap(), "299 - \"unknown field \\\"dataa\\\"\"");
+    assert!(r.json().get("dataa").is_none(), "unknown fields are dropped");
+    let r = send("POST", CM_PATH, &json, br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"Bad_Name"}}"#);
+    assert_eq!((r.status, r.json()["reason"].as_str()), (422, Some("Invalid")), "{}", r.text());
+    assert_eq!(r.json()["details"]["causes"][0]["field"], "metadata.name");
+    let r = send(
+        "POST",
+        CM_PATH,
+        &json,
+        br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"lbl","labels":{"a b":"c"}}}"#,
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+    let r = send(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        &json,
+        br#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"p"},"spec":{"ports":[{"port":70000}]}}"#,
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(r.json()["details"]["causes"][0]["field"], "spec.ports[0].port");
+    let r = send("GET", &format!("{CM_PATH}?resourceVersion=abc"), &[], b"");
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = send("PATCH", &format!("{CM_PATH}/orig"), &[("content-type", "application/json-patch+json")], b"garbage");
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = send(
+        "PATCH",
+        &format!("{CM_PATH}/orig"),
+        &[("content-type", "application/json-patch+json")],
+        br#"[{"op":"remove","path":"/nope"}]"#,
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+    let r = send("PATCH", &format!("{CM_PATH}/orig"), &[("content-type", "application/merge-patch+json")], b"[1,2]");
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = send("PUT", &format!("{CM_PATH}/orig"), &json, br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"orig","resourceVersion":"1"},"data":{"a":"changed"}}"#);
+    assert_eq!((r.status, r.json()["reason"].as_str()), (409, Some("Conflict")), "{}", r.text());
+    let r = send(
+        "POST",
+        "/api/v1/namespaces/nowhere/configmaps",
+        &json,
+        br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}"#,
+    );
+    assert_eq!(
+        (r.status, r.json()["message"].as_str()),
+        (404, Some("namespaces \"nowhere\" not found")),
+        "{}",
+        r.text()
+    );
+    let r = send("GET", "/api/v1/namespaces/default/widgets", &[], b"");
+    assert_eq!(r.status, 404);
+    // Nothing above changed the stored object.
+    assert_eq!(s.ok(&["get", "cm", "orig", "-o", "json"]), before);
+}
+
+#[test]
+fn authentication_failures() {
+    let s = Server::start();
+    let rt = rt();
+    let anon = Client::from_kubeconfig(&s.kubeconfig, false);
+    let r = rt.block_on(anon.send("GET", "/api/v1/namespaces", &[], vec![])).unwrap();
+    assert_eq!((r.status, r.json()["reason"].as_str()), (401, Some("Unauthorized")));
+    for path in ["/healthz", "/livez", "/readyz", "/version"] {
+        let r = rt.block_on(anon.send("GET", path, &[], vec![])).unwrap();
+        assert_eq!(r.status, 200, "{path} is public");
+    }
+    let r = rt.block_on(anon.send("GET", "/readyz?verbose", &[], vec![])).unwrap();
+    assert!(r.text().contains("readyz check passed"));
+    let foreign = Client::foreign(&s.kubeconfig);
+    let outcome = rt.block_on(foreign.send("GET", "/api/v1/namespaces", &[], vec![]));
+    match outcome {
+        Ok(r) => assert_eq!(r.status, 401, "a certificate from another CA is not an identity"),
+        // Rejected during the TLS handshake: the connection is closed without an answer.
+        Err(_) => {}
+    }
+    let bearer = rt
+        .block_on(anon.send("GET", "/api/v1/namespaces", &[("authorization", "Bearer not-a-token")], vec![]))
+        .unwrap();
+    assert_eq!(bearer.status, 401);
+}
+
+#[test]
+fn random_bytes_close_the_connection_only() {
+    use std::io::{Read, Write};
+    let s = Server::start();
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let junk: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let _ = sock.write_all(&junk);
+    let mut buf = [0u8; 256];
+    let mut total = 0;
+    loop {
+        match sock.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+        if total > 65536 {
+            panic!("server kept talking to garbage");
+        }
+    }
+    assert_eq!(s.ok(&["get", "--raw", "/readyz"]), "ok");
+}
