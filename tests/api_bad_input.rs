@@ -122,10 +122,9 @@ fn authentication_failures() {
     assert!(r.text().contains("readyz check passed"));
     let foreign = Client::foreign(&s.kubeconfig);
     let outcome = rt.block_on(foreign.send("GET", "/api/v1/namespaces", &[], vec![]));
-    match outcome {
-        Ok(r) => assert_eq!(r.status, 401, "a certificate from another CA is not an identity"),
-        // Rejected during the TLS handshake: the connection is closed without an answer.
-        Err(_) => {}
+    // Either rejected during the TLS handshake (the connection closes unanswered) or answered 401.
+    if let Ok(r) = outcome {
+        assert_eq!(r.status, 401, "a certificate from another CA is not an identity");
     }
     let bearer = rt
         .block_on(anon.send("GET", "/api/v1/namespaces", &[("authorization", "Bearer not-a-token")], vec![]))
