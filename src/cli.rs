@@ -30,6 +30,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the control plane (API server and its store).
+    #[command(args_override_self = true)]
     Server(Box<ServerFlags>),
     /// Run the kubectl found on PATH with KUBECONFIG set to skiff's admin kubeconfig.
     #[command(disable_help_flag = true)]
@@ -246,7 +247,11 @@ pub fn init_logging(format: LogFormat, verbosity: u8) {
         _ => "debug,skiff=trace",
     };
     let filter = EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -262,6 +267,32 @@ mod tests {
         let args =
             config_file_args("https-listen-port: 7443\ntls-san:\n  - a.example\n  - 10.0.0.1\n", "c.yaml").unwrap();
         assert_eq!(args, vec!["--https-listen-port=7443", "--tls-san=a.example", "--tls-san=10.0.0.1"]);
+    }
+
+    #[test]
+    fn later_flags_win_and_lists_accumulate() {
+        let args = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        let Parsed::Server(cfg) = parse(args(&[
+            "skiff",
+            "server",
+            "--config",
+            "/dev/null",
+            "--cluster-domain",
+            "a.local",
+            "--cluster-domain",
+            "b.local",
+            "--tls-san",
+            "x",
+            "--tls-san",
+            "y",
+            "--advertise-address",
+            "10.0.0.1",
+        ]))
+        .unwrap() else {
+            panic!("not a server command")
+        };
+        assert_eq!(cfg.cluster_domain, "b.local");
+        assert_eq!(cfg.tls_san, vec!["x", "y"]);
     }
 
     #[test]

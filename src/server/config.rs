@@ -64,6 +64,12 @@ pub struct ServerFlags {
     /// Log format [default: text]
     #[arg(long, env = "SKIFF_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Revisions of history the store keeps for paging and watch replay [default: 10000]
+    #[arg(long, env = "SKIFF_STORE_HISTORY_WINDOW", value_name = "REVISIONS", hide = true, value_parser = clap::value_parser!(u64).range(10..))]
+    pub store_history_window: Option<u64>,
+    /// Seconds between store compactions [default: 60]
+    #[arg(long, env = "SKIFF_STORE_COMPACT_INTERVAL", value_name = "SECONDS", hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub store_compact_interval: Option<u64>,
     /// Log verbosity, 0-10 [default: 0]
     #[arg(short = 'v', env = "SKIFF_V", value_name = "LEVEL", value_parser = clap::value_parser!(u8).range(0..=10))]
     pub v: Option<u8>,
@@ -87,6 +93,8 @@ pub struct ServerConfig {
     pub token: Option<String>,
     pub log_format: LogFormat,
     pub verbosity: u8,
+    pub store_history_window: u64,
+    pub store_compact_interval: std::time::Duration,
 }
 
 /// `/etc/skiff/skiff.yaml` for root, `~/.skiff/skiff.yaml` otherwise.
@@ -189,6 +197,8 @@ impl ServerConfig {
             token: f.token,
             log_format: f.log_format.unwrap_or(LogFormat::Text),
             verbosity: f.v.unwrap_or(0),
+            store_history_window: f.store_history_window.unwrap_or(10_000),
+            store_compact_interval: std::time::Duration::from_secs(f.store_compact_interval.unwrap_or(60)),
         })
     }
 

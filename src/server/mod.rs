@@ -83,7 +83,12 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
 
     let db_path = server_dir.join("db").join("state.redb");
     std::fs::create_dir_all(db_path.parent().unwrap_or(&server_dir))?;
-    let store = store::RedbStore::open(&db_path, store::StoreOptions::default())
+    let store_opts = store::StoreOptions {
+        history_window: cfg.store_history_window,
+        compact_interval: cfg.store_compact_interval,
+        ..Default::default()
+    };
+    let store = store::RedbStore::open(&db_path, store_opts)
         .with_context(|| format!("cannot open the datastore {}", db_path.display()))?;
     let store: Arc<dyn store::Datastore> = store;
 

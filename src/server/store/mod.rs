@@ -133,6 +133,8 @@ pub struct StoreOptions {
     pub max_batch: usize,
     /// Largest value accepted.
     pub max_value: usize,
+    /// Bytes of database pages redb keeps in memory.
+    pub cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -146,6 +148,8 @@ impl Default for StoreOptions {
             compact_interval: Duration::from_secs(60),
             max_batch: 256,
             max_value: 8 * 1024 * 1024,
+            // Enough for the working set of a small cluster; an edge box's memory is precious.
+            cache_bytes: 32 * 1024 * 1024,
         }
     }
 }

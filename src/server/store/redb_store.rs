@@ -44,7 +44,8 @@ enum Op {
 
 /// The redb-backed datastore.
 pub struct RedbStore {
-    db: Arc<Database>,
+    /// Taken on close, so the file is released once in-flight reads finish.
+    db: Mutex<Option<Arc<Database>>>,
     queue: Mutex<Option<std::sync::mpsc::Sender<Op>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     hub: Arc<Mutex<Hub>>,
@@ -64,7 +65,7 @@ impl RedbStore {
     /// Opens (or creates) the database at `path` and starts the writer and the compactor.
     /// Must be called inside a tokio runtime.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Arc<Self>, StoreError> {
-        let db = Database::create(path).map_err(backend)?;
+        let db = Database::builder().set_cache_size(opts.cache_bytes).create(path).map_err(backend)?;
         let (revision, compacted) = {
             let txn = db.begin_write().map_err(backend)?;
             let (r, c) = {
@@ -94,7 +95,7 @@ impl RedbStore {
                 .map_err(backend)?
         };
         let store = Arc::new(RedbStore {
-            db,
+            db: Mutex::new(Some(db)),
             queue: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             hub,
@@ -150,10 +151,7 @@ impl RedbStore {
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(StoreError::Closed);
-        }
-        let db = self.db.clone();
+        let db = lock(&self.db).clone().ok_or(StoreError::Closed)?;
         tokio::task::spawn_blocking(move || f(&db)).await.map_err(backend)?
     }
 }
@@ -530,5 +528,163 @@ impl Datastore for RedbStore {
         }
         self.closed.store(true, Ordering::Release);
         lock(&self.hub).close();
+        lock(&self.db).take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> StoreOptions {
+        StoreOptions { memory_window: 16, watch_buffer: 8, ..Default::default() }
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cas_semantics_and_revisions_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let s = RedbStore::open(&path, opts()).unwrap();
+        let a = s.create("/x/a", b("1")).await.unwrap();
+        assert_eq!((a.create_revision, a.mod_revision), (1, 1));
+        assert!(matches!(s.create("/x/a", b("2")).await, Err(StoreError::AlreadyExists { .. })));
+        assert!(matches!(s.update("/x/a", b("2"), 99).await, Err(StoreError::Conflict { .. })));
+        assert!(matches!(s.update("/x/zz", b("2"), 1).await, Err(StoreError::NotFound { .. })));
+        let a2 = s.update("/x/a", b("2"), 1).await.unwrap();
+        assert_eq!((a2.create_revision, a2.mod_revision), (1, 2));
+        let gone = s.delete("/x/a", Some(2)).await.unwrap();
+        assert_eq!((gone.mod_revision, gone.value.as_ref()), (3, b"2".as_ref()));
+        assert!(s.get("/x/a").await.unwrap().is_none());
+        s.close().await;
+        let s = RedbStore::open(&path, opts()).unwrap();
+        assert_eq!(s.current_revision(), 3, "the delete's revision is remembered");
+        assert_eq!(s.create("/x/b", b("1")).await.unwrap().mod_revision, 4);
+        s.close().await;
+        assert!(matches!(s.get("/x/b").await, Err(StoreError::Closed)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn paging_is_consistent_at_one_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join("db"), opts()).unwrap();
+        for i in 0..10 {
+            s.create(&format!("/p/{i}"), b("v")).await.unwrap();
+        }
+        let first = s.range("/p/", None, 4, None).await.unwrap();
+        assert_eq!((first.kvs.len(), first.more, first.remaining), (4, true, 6));
+        // Writes after the first page must not show up in later pages.
+        s.delete("/p/5", None).await.unwrap();
+        s.create("/p/55", b("new")).await.unwrap();
+        s.update("/p/6", b("changed"), 7).await.unwrap();
+        let last = first.kvs.last().unwrap().key.clone();
+        let rest = s.range("/p/", Some(&last), 0, Some(first.revision)).await.unwrap();
+        let keys: Vec<&str> = rest.kvs.iter().map(|k| k.key.as_str()).collect();
+        assert_eq!(keys, ["/p/4", "/p/5", "/p/6", "/p/7", "/p/8", "/p/9"]);
+        assert_eq!(rest.kvs[2].value.as_ref(), b"v");
+        assert!(matches!(s.range("/p/", None, 0, Some(999)).await, Err(StoreError::FutureRevision { .. })));
+        s.compact(first.revision + 1).await.unwrap();
+        assert!(matches!(s.range("/p/", None, 0, Some(first.revision)).await, Err(StoreError::Compacted { .. })));
+        s.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watch_order_replay_and_slow_watchers() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join("db"), opts()).unwrap();
+        let start = s.current_revision();
+        s.create("/w/a", b("1")).await.unwrap();
+        s.update("/w/a", b("2"), 1).await.unwrap();
+        s.delete("/w/a", None).await.unwrap();
+        s.create("/other/x", b("1")).await.unwrap();
+        // Replay from before the writes, from the memory window.
+        let mut w = s.watch("/w/", start).await.unwrap();
+        let kinds: Vec<(EventKind, u64)> = {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                let e = w.next().await.unwrap().unwrap();
+                v.push((e.kind, e.revision));
+            }
+            v
+        };
+        assert_eq!(kinds, [(EventKind::Created, 1), (EventKind::Updated, 2), (EventKind::Deleted, 3)]);
+        // Older than the memory window (16 events): replayed from the history table.
+        for i in 0..40 {
+            s.create(&format!("/w/n{i}"), b("x")).await.unwrap();
+        }
+        let mut old = s.watch("/w/", start).await.unwrap();
+        let mut count = 0;
+        while count < 43 {
+            let e = old.next().await.unwrap().unwrap();
+            assert!(e.kv.key.starts_with("/w/"));
+            count += 1;
+        }
+        // A watcher that never reads is dropped once its buffer (8) fills; writers and a
+        // reading watcher are unaffected.
+        let mut slow = s.watch("/w/", s.current_revision()).await.unwrap();
+        let mut live = s.watch("/w/", s.current_revision()).await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut n = 0;
+            while n < 20 {
+                live.next().await.unwrap().unwrap();
+                n += 1;
+            }
+            n
+        });
+        for i in 0..20 {
+            s.create(&format!("/w/m{i}"), b("x")).await.unwrap();
+        }
+        assert_eq!(reader.await.unwrap(), 20);
+        let mut got = 0;
+        let end = loop {
+            match slow.next().await {
+                Some(Ok(_)) => got += 1,
+                other => break other,
+            }
+        };
+        assert_eq!(got, 8);
+        assert!(matches!(end, Some(Err(StoreError::WatcherTooSlow))));
+        s.compact(s.current_revision()).await.unwrap();
+        assert!(matches!(s.watch("/w/", start).await, Err(StoreError::Compacted { .. })));
+        s.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_commits_and_compaction_bounds_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let s = RedbStore::open(&path, opts()).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move { s.create(&format!("/g/{i}"), b("x")).await.unwrap() }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert!(s.commit_count() < 64, "64 concurrent creates took {} commits", s.commit_count());
+        let value = Bytes::from(vec![b'v'; 4096]);
+        let mut rev = s.create("/churn", value.clone()).await.unwrap().mod_revision;
+        for _ in 0..3000 {
+            rev = s.update("/churn", value.clone(), rev).await.unwrap().mod_revision;
+        }
+        s.compact(rev - 100).await.unwrap();
+        let size_after_first = std::fs::metadata(&path).unwrap().len();
+        for _ in 0..3000 {
+            rev = s.update("/churn", value.clone(), rev).await.unwrap().mod_revision;
+        }
+        s.compact(rev - 100).await.unwrap();
+        for _ in 0..200 {
+            rev = s.update("/churn", value.clone(), rev).await.unwrap().mod_revision;
+        }
+        let size_after_second = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            size_after_second <= size_after_first + size_after_first / 2,
+            "file grew from {size_after_first} to {size_after_second} despite compaction"
+        );
+        s.close().await;
     }
 }
