@@ -286,7 +286,7 @@ fn main() {
     });
     let loaded_rss = rss_kib(pid);
     println!(
-        "server RSS: idle {:.1} MiB, with 10,000 pods + 9,600 configmaps stored {:.1} MiB",
+        "server RSS: idle {:.1} MiB, right after the load above (10,000 pods + 9,600 configmaps stored) {:.1} MiB",
         idle_rss as f64 / 1024.0,
         loaded_rss as f64 / 1024.0
     );
@@ -312,6 +312,16 @@ fn main() {
         pct(&starts, 0.5).as_secs_f64() * 1e3,
         &logged[logged.len().saturating_sub(5)..]
     );
+    // Memory at rest with the objects stored: after a restart and one full list of the pods.
+    let pid = s.child.as_ref().map(|c| c.id()).unwrap_or(0);
+    rt.block_on(async {
+        let client = Client::from_kubeconfig(&s.kubeconfig, true);
+        let mut conn = connect(&client).await;
+        let (status, _) = send(&mut conn, "GET", "/api/v1/namespaces/default/pods", Vec::new()).await;
+        assert_eq!(status, 200);
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    println!("server RSS after a restart and one full pod list: {:.1} MiB", rss_kib(pid) as f64 / 1024.0);
     let bin = std::fs::metadata(env!("CARGO_BIN_EXE_skiff")).map(|m| m.len()).unwrap_or(0);
     println!("binary: {:.1} MiB ({})", bin as f64 / 1048576.0, env!("CARGO_BIN_EXE_skiff"));
     drop(s);

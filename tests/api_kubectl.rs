@@ -267,6 +267,12 @@ fn delete_with_finalizers_and_cascade() {
     let out = s.kubectl(&["delete", "deploy", "web", "-n", "demo", "--cascade=foreground", "--timeout=20s"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(s.fails(&["get", "deploy", "web", "-n", "demo"]).contains("not found"));
+    // A terminating namespace refuses new content (its finalizer keeps it until a namespace
+    // controller empties it).
+    s.ok(&["delete", "namespace", "demo", "--wait=false"]);
+    assert_eq!(s.ok(&["get", "ns", "demo", "-o", "jsonpath={.status.phase}"]), "Terminating");
+    let refused = s.fails(&["create", "configmap", "late", "-n", "demo"]);
+    assert!(refused.contains("unable to create new content in namespace demo because it is being terminated"), "{refused}");
     // Orphan deletion keeps nothing waiting either.
     s.ok(&["delete", "svc", "web", "-n", "demo", "--cascade=orphan"]);
     assert!(s.fails(&["get", "svc", "web", "-n", "demo"]).contains("not found"));
