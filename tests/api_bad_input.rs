@@ -74,22 +74,62 @@ fn malformed_and_invalid_bodies() {
     );
     assert_eq!(r.status, 422, "{}", r.text());
     assert_eq!(r.json()["details"]["causes"][0]["field"], "spec.ports[0].port");
-    let svc = |name: &str, spec: &str| format!(r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"{name}"}},"spec":{spec}}}"#);
-    let r = send("POST", "/api/v1/namespaces/default/services", &json, svc("taken", r#"{"clusterIP":"10.43.0.1","ports":[{"port":80}]}"#).as_bytes());
+    let svc = |name: &str, spec: &str| {
+        format!(r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"{name}"}},"spec":{spec}}}"#)
+    };
+    let r = send(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        &json,
+        svc("taken", r#"{"clusterIP":"10.43.0.1","ports":[{"port":80}]}"#).as_bytes(),
+    );
     assert_eq!(r.status, 422, "{}", r.text());
-    assert_eq!(r.json()["message"], "Service \"taken\" is invalid: spec.clusterIPs: Invalid value: [\"10.43.0.1\"]: failed to allocate IP 10.43.0.1: provided IP is already allocated");
-    let r = send("POST", "/api/v1/namespaces/default/services", &json, svc("far", r#"{"clusterIP":"10.96.0.5","ports":[{"port":80}]}"#).as_bytes());
+    assert_eq!(
+        r.json()["message"],
+        "Service \"taken\" is invalid: spec.clusterIPs: Invalid value: [\"10.43.0.1\"]: failed to allocate IP 10.43.0.1: provided IP is already allocated"
+    );
+    let r = send(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        &json,
+        svc("far", r#"{"clusterIP":"10.96.0.5","ports":[{"port":80}]}"#).as_bytes(),
+    );
     assert_eq!(r.status, 422, "{}", r.text());
-    let r = send("POST", "/api/v1/namespaces/default/services", &json, svc("np", r#"{"type":"NodePort","ports":[{"port":80,"nodePort":30555}]}"#).as_bytes());
+    let r = send(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        &json,
+        svc("np", r#"{"type":"NodePort","ports":[{"port":80,"nodePort":30555}]}"#).as_bytes(),
+    );
     assert_eq!(r.status, 201, "{}", r.text());
-    let r = send("POST", "/api/v1/namespaces/default/services", &json, svc("np2", r#"{"type":"NodePort","ports":[{"port":80,"nodePort":30555}]}"#).as_bytes());
-    assert_eq!(r.json()["details"]["causes"][0]["message"], "Invalid value: 30555: provided port is already allocated", "{}", r.text());
-    let r = send("POST", "/api/v1/namespaces/default/services", &json, svc("np3", r#"{"type":"NodePort","ports":[{"port":80,"nodePort":80}]}"#).as_bytes());
+    let r = send(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        &json,
+        svc("np2", r#"{"type":"NodePort","ports":[{"port":80,"nodePort":30555}]}"#).as_bytes(),
+    );
+    assert_eq!(
+        r.json()["details"]["causes"][0]["message"],
+        "Invalid value: 30555: provided port is already allocated",
+        "{}",
+        r.text()
+    );
+    let r = send(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        &json,
+        svc("np3", r#"{"type":"NodePort","ports":[{"port":80,"nodePort":80}]}"#).as_bytes(),
+    );
     assert_eq!(r.status, 422, "{}", r.text());
     // Deleting frees the port for the next Service.
     let r = send("DELETE", "/api/v1/namespaces/default/services/np", &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = send("POST", "/api/v1/namespaces/default/services", &json, svc("np4", r#"{"type":"NodePort","ports":[{"port":80,"nodePort":30555}]}"#).as_bytes());
+    let r = send(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        &json,
+        svc("np4", r#"{"type":"NodePort","ports":[{"port":80,"nodePort":30555}]}"#).as_bytes(),
+    );
     assert_eq!(r.status, 201, "{}", r.text());
     let r = send("GET", &format!("{CM_PATH}?resourceVersion=abc"), &[], b"");
     assert_eq!(r.status, 400, "{}", r.text());

@@ -272,7 +272,15 @@ fn delete_with_finalizers_and_cascade() {
     s.ok(&["delete", "namespace", "demo", "--wait=false"]);
     assert_eq!(s.ok(&["get", "ns", "demo", "-o", "jsonpath={.status.phase}"]), "Terminating");
     let refused = s.fails(&["create", "configmap", "late", "-n", "demo"]);
-    assert!(refused.contains("unable to create new content in namespace demo because it is being terminated"), "{refused}");
+    assert!(
+        refused.contains("unable to create new content in namespace demo because it is being terminated"),
+        "{refused}"
+    );
+    let immortal = s.fails(&["delete", "namespace", "kube-system"]);
+    assert!(
+        immortal.contains("namespaces \"kube-system\" is forbidden: this namespace may not be deleted"),
+        "{immortal}"
+    );
     // Orphan deletion keeps nothing waiting either.
     s.ok(&["delete", "svc", "web", "-n", "demo", "--cascade=orphan"]);
     assert!(s.fails(&["get", "svc", "web", "-n", "demo"]).contains("not found"));

@@ -533,7 +533,8 @@ impl Objects {
             return Ok(next);
         }
         // The last finalizer removed from an object being deleted completes the delete.
-        if meta::is_deleting(&next) && meta::finalizers(&next).is_empty() {
+        if meta::is_deleting(&next) && meta::finalizers(&next).is_empty() && !namespace_finalizers_pending(info, &next)
+        {
             release_new(&alloc);
             return match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
                 Ok(d) => {
@@ -605,6 +606,12 @@ impl Objects {
                 )],
             ));
         }
+        if info.group.is_empty()
+            && info.plural == "namespaces"
+            && matches!(name, "default" | "kube-system" | "kube-public")
+        {
+            return Err(ApiError::forbidden("", "namespaces", name, "this namespace may not be deleted"));
+        }
         if let Some(g) = opts.grace_period_seconds
             && g < 0
         {
@@ -657,7 +664,7 @@ impl Objects {
             }
             let grace = self.grace_period(info, &current, opts);
             let already_deleting = meta::is_deleting(&current);
-            if finalizers.is_empty() && grace == 0 {
+            if finalizers.is_empty() && grace == 0 && !namespace_finalizers_pending(info, &current) {
                 if ctx.dry_run {
                     return Ok(Deleted::Gone(current));
                 }
@@ -783,6 +790,14 @@ fn truncate(s: &str) -> String {
     } else {
         s.to_string()
     }
+}
+
+/// A namespace stays (Terminating) while `spec.finalizers` lists something: the namespace
+/// controller empties it and then clears the list through `finalize`.
+fn namespace_finalizers_pending(info: &ResourceInfo, obj: &Value) -> bool {
+    info.group.is_empty()
+        && info.plural == "namespaces"
+        && obj.pointer("/spec/finalizers").and_then(|f| f.as_array()).is_some_and(|a| !a.is_empty())
 }
 
 /// What `status` looks like right after create, as upstream strategies reset it.
