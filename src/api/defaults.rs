@@ -61,17 +61,7 @@ pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value) {
                 set_default(spec, "replicas", json!(1));
                 set_default(spec, "revisionHistoryLimit", json!(10));
                 set_default(spec, "progressDeadlineSeconds", json!(600));
-                let strategy = spec.entry("strategy").or_insert_with(|| json!({}));
-                if let Some(st) = strategy.as_object_mut() {
-                    set_default(st, "type", json!("RollingUpdate"));
-                    if st.get("type").and_then(|t| t.as_str()) == Some("RollingUpdate") {
-                        let ru = st.entry("rollingUpdate").or_insert_with(|| json!({}));
-                        if let Some(ru) = ru.as_object_mut() {
-                            set_default(ru, "maxUnavailable", json!("25%"));
-                            set_default(ru, "maxSurge", json!("25%"));
-                        }
-                    }
-                }
+                rolling_update(spec, "strategy", &[("maxUnavailable", json!("25%")), ("maxSurge", json!("25%"))]);
             }
             template(obj, &["spec", "template"]);
         }
@@ -84,17 +74,7 @@ pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value) {
         ("apps", "daemonsets") => {
             if let Some(spec) = existing(obj, &["spec"]) {
                 set_default(spec, "revisionHistoryLimit", json!(10));
-                let us = spec.entry("updateStrategy").or_insert_with(|| json!({}));
-                if let Some(us) = us.as_object_mut() {
-                    set_default(us, "type", json!("RollingUpdate"));
-                    if us.get("type").and_then(|t| t.as_str()) == Some("RollingUpdate") {
-                        let ru = us.entry("rollingUpdate").or_insert_with(|| json!({}));
-                        if let Some(ru) = ru.as_object_mut() {
-                            set_default(ru, "maxUnavailable", json!(1));
-                            set_default(ru, "maxSurge", json!(0));
-                        }
-                    }
-                }
+                rolling_update(spec, "updateStrategy", &[("maxUnavailable", json!(1)), ("maxSurge", json!(0))]);
             }
             template(obj, &["spec", "template"]);
         }
@@ -108,16 +88,7 @@ pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value) {
                     "persistentVolumeClaimRetentionPolicy",
                     json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
                 );
-                let us = spec.entry("updateStrategy").or_insert_with(|| json!({}));
-                if let Some(us) = us.as_object_mut() {
-                    set_default(us, "type", json!("RollingUpdate"));
-                    if us.get("type").and_then(|t| t.as_str()) == Some("RollingUpdate") {
-                        let ru = us.entry("rollingUpdate").or_insert_with(|| json!({}));
-                        if let Some(ru) = ru.as_object_mut() {
-                            set_default(ru, "partition", json!(0));
-                        }
-                    }
-                }
+                rolling_update(spec, "updateStrategy", &[("partition", json!(0))]);
                 if let Some(Value::Array(claims)) = spec.get_mut("volumeClaimTemplates") {
                     for c in claims {
                         if let Some(s) = existing(c, &["spec"]) {
@@ -222,6 +193,21 @@ pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value) {
             }
         }
         _ => {}
+    }
+}
+
+/// A `RollingUpdate` strategy by default, with its parameters' defaults.
+fn rolling_update(spec: &mut Map<String, Value>, key: &str, params: &[(&str, Value)]) {
+    let strategy = spec.entry(key).or_insert_with(|| json!({}));
+    let Some(st) = strategy.as_object_mut() else { return };
+    set_default(st, "type", json!("RollingUpdate"));
+    if st.get("type").and_then(|t| t.as_str()) == Some("RollingUpdate") {
+        let ru = st.entry("rollingUpdate").or_insert_with(|| json!({}));
+        if let Some(ru) = ru.as_object_mut() {
+            for (k, v) in params {
+                set_default(ru, k, v.clone());
+            }
+        }
     }
 }
 

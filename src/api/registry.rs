@@ -224,11 +224,13 @@ pub static RESOURCES: &[ResourceInfo] = &[
         subresources: [], storage: Storage::Virtual, prefix: "/authorization.k8s.io/selfsubjectrulesreviews", ty: k::authorization::v1::SelfSubjectRulesReview, def: "io.k8s.api.authorization.v1.SelfSubjectRulesReview"),
     res!("authorization.k8s.io", "v1", "SubjectAccessReview", "subjectaccessreviews", "subjectaccessreview", namespaced: false, verbs: CREATE_ONLY, short: [], categories: [],
         subresources: [], storage: Storage::Virtual, prefix: "/authorization.k8s.io/subjectaccessreviews", ty: k::authorization::v1::SubjectAccessReview, def: "io.k8s.api.authorization.v1.SubjectAccessReview"),
-    // autoscaling/v2 (preferred) and v1
+    // autoscaling/v2 (preferred) and v1. Upstream serves one set of objects in both versions,
+    // converting between them; until that conversion exists here, each version keeps its own
+    // objects so neither ever answers with the other's shape.
     res!("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", namespaced: true, verbs: ALL_VERBS, short: ["hpa"], categories: ["all"],
         subresources: [STATUS], storage: Storage::Stored, prefix: "/autoscaling/horizontalpodautoscalers", ty: k::autoscaling::v2::HorizontalPodAutoscaler, def: "io.k8s.api.autoscaling.v2.HorizontalPodAutoscaler"),
     res!("autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", namespaced: true, verbs: ALL_VERBS, short: ["hpa"], categories: ["all"],
-        subresources: [STATUS], storage: Storage::Stored, prefix: "/autoscaling/horizontalpodautoscalers", ty: k::autoscaling::v1::HorizontalPodAutoscaler, def: "io.k8s.api.autoscaling.v1.HorizontalPodAutoscaler"),
+        subresources: [STATUS], storage: Storage::Stored, prefix: "/autoscaling.v1/horizontalpodautoscalers", ty: k::autoscaling::v1::HorizontalPodAutoscaler, def: "io.k8s.api.autoscaling.v1.HorizontalPodAutoscaler"),
     // batch/v1
     res!("batch", "v1", "CronJob", "cronjobs", "cronjob", namespaced: true, verbs: ALL_VERBS, short: ["cj"], categories: ["all"],
         subresources: [STATUS], storage: Storage::Stored, prefix: "/batch/cronjobs", ty: k::batch::v1::CronJob, def: "io.k8s.api.batch.v1.CronJob"),

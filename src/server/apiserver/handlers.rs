@@ -68,7 +68,8 @@ impl Call<'_> {
         }
     }
 
-    fn write_ctx(&self) -> Result<WriteCtx, ApiError> {
+    /// Write options from the query: dryRun, fieldManager, fieldValidation.
+    pub fn write_ctx(&self) -> Result<WriteCtx, ApiError> {
         let dry_run = match self.query.get("dryRun") {
             None => false,
             Some("All") => true,

@@ -61,14 +61,7 @@ pub async fn scale(c: &Call<'_>, method: &http::Method) -> Result<Response<Body>
     let body = c.body.clone();
     let ct = c.content_type.clone().unwrap_or_default();
     let is_patch = *method == http::Method::PATCH;
-    let mut ctx = WriteCtx {
-        user: c.user.clone(),
-        dry_run: c.query.get("dryRun") == Some("All"),
-        field_manager: c.query.get("fieldManager").unwrap_or("unknown").to_string(),
-        validation: super::objects::FieldValidation::Ignore,
-        warnings: Vec::new(),
-        apply: None,
-    };
+    let mut ctx = c.write_ctx()?;
     let updated = c
         .server
         .objects
@@ -126,14 +119,7 @@ pub async fn bind(c: &Call<'_>, pod_name: &str) -> Result<Response<Body>, ApiErr
         return Err(ApiError::invalid("", "Binding", &name, &[FieldError::not_found("target.name", json!(node))]));
     }
     let pods = crate::api::registry::lookup("", "v1", "pods").ok_or_else(|| ApiError::internal("no pods"))?;
-    let mut ctx = WriteCtx {
-        user: c.user.clone(),
-        dry_run: c.query.get("dryRun") == Some("All"),
-        field_manager: c.query.get("fieldManager").unwrap_or("unknown").to_string(),
-        validation: super::objects::FieldValidation::Ignore,
-        warnings: Vec::new(),
-        apply: None,
-    };
+    let mut ctx = c.write_ctx()?;
     let annotations = binding.pointer("/metadata/annotations").and_then(|a| a.as_object()).cloned();
     let ns = c.req.namespace.clone();
     c.server
@@ -206,14 +192,7 @@ pub async fn evict(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
         opts.precondition_uid = d.pointer("/preconditions/uid").and_then(|g| g.as_str()).map(String::from);
         opts.precondition_rv = d.pointer("/preconditions/resourceVersion").and_then(|g| g.as_str()).map(String::from);
     }
-    let ctx = WriteCtx {
-        user: c.user.clone(),
-        dry_run: c.query.get("dryRun") == Some("All"),
-        field_manager: String::new(),
-        validation: super::objects::FieldValidation::Ignore,
-        warnings: Vec::new(),
-        apply: None,
-    };
+    let ctx = c.write_ctx()?;
     match c.server.objects.delete(c.info, &c.req.namespace, &c.req.name, &opts, &ctx).await? {
         Deleted::Gone(_) | Deleted::Pending(_) => Ok(response::json(
             201,
@@ -227,14 +206,7 @@ pub async fn evict(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
 pub async fn finalize(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
     let desired = super::codec::decode_body(&c.body, super::negotiate::body_format(c.content_type.as_deref())?)?;
     let finalizers = desired.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
-    let mut ctx = WriteCtx {
-        user: c.user.clone(),
-        dry_run: c.query.get("dryRun") == Some("All"),
-        field_manager: c.query.get("fieldManager").unwrap_or("unknown").to_string(),
-        validation: super::objects::FieldValidation::Ignore,
-        warnings: Vec::new(),
-        apply: None,
-    };
+    let mut ctx = c.write_ctx()?;
     let rv = meta::resource_version(&desired).to_string();
     let updated = c
         .server
