@@ -111,6 +111,9 @@ fn apply_get_and_change() {
     assert_eq!(by_field.trim(), "configmap/cfg");
     let all_ns = s.ok(&["get", "svc", "-A"]);
     assert!(all_ns.contains("default") && all_ns.contains("kubernetes") && all_ns.contains("demo"), "{all_ns}");
+    // Pagination: kubectl follows continue tokens page by page.
+    let chunked = s.ok(&["get", "namespaces", "--chunk-size=1", "-o", "name"]);
+    assert_eq!(chunked.lines().count(), 5, "{chunked}");
     let wide = s.ok(&["get", "deploy", "-n", "demo", "-o", "wide"]);
     assert!(wide.contains("web"), "{wide}");
     let described = s.ok(&["describe", "deploy", "web", "-n", "demo"]);

@@ -44,6 +44,24 @@ pub fn list_strategy(field: &str, sample: Option<&serde_json::Value>) -> ListStr
     }
 }
 
+/// The strategy of a list field of a known type (from [`TABLE`]; untagged lists are atomic),
+/// or by field name when the type is unknown.
+pub fn strategy_for(definition: Option<&str>, field: &str, sample: Option<&serde_json::Value>) -> ListStrategy {
+    let Some(def) = definition.filter(|d| crate::api::schema::is_known(d)) else {
+        return list_strategy(field, sample);
+    };
+    match TABLE.iter().find(|(d, f, _, _)| *d == def && *f == field) {
+        Some((_, _, strategy, key)) if strategy.contains("merge") => {
+            if key.is_empty() {
+                ListStrategy::MergeScalars
+            } else {
+                ListStrategy::MergeByKey(key)
+            }
+        }
+        _ => ListStrategy::Replace,
+    }
+}
+
 /// `(definition, field, patch strategy, merge key)` of upstream's tagged list fields.
 pub static TABLE: &[(&str, &str, &str, &str)] = &[
     ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers", "merge", ""),
