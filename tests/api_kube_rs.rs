@@ -84,8 +84,10 @@ fn watcher_sees_everything_and_recovers() {
         assert_eq!(next().await, "apply a=2");
         assert_eq!(next().await, "delete a");
 
-        // A restart: the watcher reconnects from its last resourceVersion.
-        s.terminate();
+        // A restart: open watches end promptly, and the watcher reconnects from its last
+        // resourceVersion.
+        let took = s.terminate();
+        assert!(took < Duration::from_secs(5), "SIGTERM with an open watch took {took:?}");
         s.launch();
         let c2 = client(&s).await;
         let cms2: Api<ConfigMap> = Api::namespaced(c2.clone(), "w");

@@ -116,3 +116,21 @@ fn notifies_systemd_when_ready() {
     assert_eq!(&buf[..n], b"READY=1\n");
     assert!(dir.path().join("kc.yaml").exists(), "the kubeconfig is written before READY");
 }
+
+#[test]
+fn kubectl_subcommand_runs_the_kubectl_on_path() {
+    let s = common::Server::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["kubectl", "get", "namespaces", "-o", "name"])
+        .env("KUBECONFIG", &s.kubeconfig)
+        .env("HOME", s.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("namespace/kube-system"));
+    let empty = tempfile::tempdir().unwrap();
+    let (code, _, err) = skiff(&["kubectl", "get", "pods"], &[("PATH", empty.path().to_str().unwrap())]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("skiff: kubectl not found on PATH"), "{err}");
+}
