@@ -354,3 +354,48 @@ fn other_kubectl_versions() {
         run(&["delete", "cm", &name]);
     }
 }
+
+const SSA_DEPLOY: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: ssa
+  namespace: default
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: ssa}
+  template:
+    metadata:
+      labels: {app: ssa}
+    spec:
+      containers:
+      - name: main
+        image: busybox:1.36
+      - name: sidecar
+        image: busybox:1.36
+"#;
+
+#[test]
+fn server_side_apply_owns_its_fields() {
+    let s = Server::start();
+    apply(&s, SSA_DEPLOY, &["--server-side"]);
+    let names = || s.ok(&["get", "deploy", "ssa", "-o", "jsonpath={.spec.template.spec.containers[*].name}"]);
+    assert_eq!(names(), "main sidecar");
+    // Dropping an item from the applied configuration removes it.
+    let without_sidecar = SSA_DEPLOY.replace("      - name: sidecar\n        image: busybox:1.36\n", "");
+    apply(&s, &without_sidecar, &["--server-side"]);
+    assert_eq!(names(), "main");
+    // Another manager takes replicas; applying a different value conflicts until forced.
+    s.ok(&["scale", "deploy", "ssa", "--replicas=5"]);
+    let out =
+        s.apply_stdin(&["apply", "--server-side", "-f", "-"], &without_sidecar.replace("replicas: 2", "replicas: 3"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("conflict with") && err.contains(".spec.replicas"), "{err}");
+    apply(&s, &without_sidecar.replace("replicas: 2", "replicas: 3"), &["--server-side", "--force-conflicts"]);
+    assert_eq!(s.ok(&["get", "deploy", "ssa", "-o", "jsonpath={.spec.replicas}"]), "3");
+    let managers =
+        s.ok(&["get", "deploy", "ssa", "--show-managed-fields", "-o", "jsonpath={.metadata.managedFields[*].manager}"]);
+    assert!(managers.contains("kubectl"), "{managers}");
+}

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use crate::api::meta;
 use crate::api::patch;
+use crate::api::patch::strategy::ListStrategy;
 use crate::api::registry::ResourceInfo;
 use crate::api::status::{ApiError, StatusCause, StatusDetails};
 
@@ -14,6 +15,15 @@ use super::managed_fields::{self, Path};
 
 fn path_string(p: &Path) -> String {
     p.iter().map(|s| format!(".{s}")).collect()
+}
+
+fn get_path_mut<'a>(v: &'a mut Value, p: &Path) -> Option<&'a mut Value> {
+    p.iter().try_fold(v, |cur, k| cur.get_mut(k.as_str()))
+}
+
+/// The definition of the object at `path` below a root definition, when the schemas know it.
+fn definition_at(root: &'static str, path: &[String]) -> Option<&'static str> {
+    path.iter().try_fold(root, |def, field| crate::api::schema::field_definition(def, field))
 }
 
 fn remove_path(v: &mut Value, p: &Path) {
@@ -87,6 +97,31 @@ pub fn merge_applied(
         }
     }
     let mut merged = patch::strategic_merge_patch(&base, applied, info.definition).map_err(ApiError::from)?;
+    // Lists only this manager owns hold exactly the items it applies: an item it dropped from
+    // its configuration is removed (merging alone would keep it).
+    let previous = entries.iter().find(|(m, op, _, _)| m == manager && op == "Apply").map(|e| &e.3);
+    for p in applied_leaves.iter().filter(|p| previous.is_some_and(|prev| prev.contains(*p))) {
+        let owned_by_others = entries.iter().any(|(m, op, _, set)| {
+            !(m == manager && op == "Apply") && set.iter().any(|o| managed_fields::overlaps(o, p))
+        });
+        if owned_by_others {
+            continue;
+        }
+        let Some(Value::Array(wanted)) = managed_fields::get_path(applied, p).cloned() else { continue };
+        let parent_def = definition_at(info.definition, &p[..p.len() - 1]);
+        let field = p.last().map(String::as_str).unwrap_or("");
+        let strategy = crate::api::patch::strategy::strategy_for(parent_def, field, wanted.first());
+        if let Some(Value::Array(list)) = get_path_mut(&mut merged, p) {
+            match strategy {
+                ListStrategy::MergeByKey(key) => {
+                    let keys: Vec<&Value> = wanted.iter().filter_map(|w| w.get(key)).collect();
+                    list.retain(|item| item.get(key).is_some_and(|k| keys.contains(&k)));
+                }
+                ListStrategy::MergeScalars => list.retain(|item| wanted.contains(item)),
+                ListStrategy::Replace => {}
+            }
+        }
+    }
     if meta::resource_version(applied).is_empty() {
         meta::meta_mut(&mut merged).remove("resourceVersion");
     } else {
