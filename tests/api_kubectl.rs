@@ -399,3 +399,47 @@ fn server_side_apply_owns_its_fields() {
         s.ok(&["get", "deploy", "ssa", "--show-managed-fields", "-o", "jsonpath={.metadata.managedFields[*].manager}"]);
     assert!(managers.contains("kubectl"), "{managers}");
 }
+
+#[test]
+fn service_account_tokens_authenticate() {
+    let s = Server::start();
+    s.ok(&["create", "serviceaccount", "robot"]);
+    let token = s.ok(&["create", "token", "robot", "--duration=1h"]);
+    let token = token.trim();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    // A kubeconfig with only the token (a client certificate would take precedence).
+    let kc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&s.kubeconfig).unwrap()).unwrap();
+    let robot = s.path().join("robot.yaml");
+    let doc = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": "r",
+        "clusters": [{"name": "c", "cluster": {"server": kc["clusters"][0]["cluster"]["server"].as_str().unwrap(),
+            "certificate-authority-data": kc["clusters"][0]["cluster"]["certificate-authority-data"].as_str().unwrap()}}],
+        "users": [{"name": "r", "user": {"token": token}}],
+        "contexts": [{"name": "r", "context": {"cluster": "c", "user": "r"}}],
+    });
+    std::fs::write(&robot, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::KUBECTL)
+            .args(args)
+            .env("KUBECONFIG", &robot)
+            .env("HOME", s.path())
+            .output()
+            .unwrap()
+    };
+    let who = run(&["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]);
+    assert_eq!(
+        String::from_utf8_lossy(&who.stdout),
+        "system:serviceaccount:default:robot",
+        "{}",
+        String::from_utf8_lossy(&who.stderr)
+    );
+    let denied = run(&["get", "pods"]);
+    assert!(!denied.status.success());
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("User \"system:serviceaccount:default:robot\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    let can = run(&["auth", "can-i", "list", "pods"]);
+    assert_eq!(String::from_utf8_lossy(&can.stdout).trim(), "no");
+}

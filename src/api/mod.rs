@@ -6,6 +6,7 @@
 
 pub mod decode;
 pub mod defaults;
+pub mod duplicates;
 pub mod field_error;
 pub mod field_selector;
 pub mod meta;

@@ -101,10 +101,14 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(cfg.https_listen_port);
 
+    let sa_key = Arc::new(pki.sa.clone());
+    let issuer = format!("https://kubernetes.default.svc.{}", cfg.cluster_domain);
     let api = Arc::new(apiserver::ApiServer {
         objects,
         authz: Box::new(apiserver::auth::MastersOnly),
-        tokens: apiserver::auth::TokenAuthenticator::new(Arc::new(pki.sa.clone())),
+        tokens: apiserver::auth::TokenAuthenticator::new(sa_key.clone(), issuer.clone()),
+        sa_signer: sa_key.clone(),
+        sa_issuer: issuer,
         openapi: Default::default(),
         shutdown: shutdown.clone(),
         ready: Default::default(),

@@ -53,16 +53,26 @@ impl UserInfo {
 /// Authenticates bearer tokens.
 pub struct TokenAuthenticator {
     sa_key: Arc<ServiceAccountKey>,
+    audience: String,
 }
 
 impl TokenAuthenticator {
-    pub fn new(sa_key: Arc<ServiceAccountKey>) -> Self {
-        TokenAuthenticator { sa_key }
+    /// Accepts tokens signed by `sa_key` whose audiences include `audience`.
+    pub fn new(sa_key: Arc<ServiceAccountKey>, audience: String) -> Self {
+        TokenAuthenticator { sa_key, audience }
     }
 
-    /// A service-account JWT signed by this cluster; None when the token is not valid.
+    /// A service-account JWT signed by this cluster for this API; None when not valid.
     pub fn authenticate(&self, token: &str) -> Option<UserInfo> {
         let claims = self.sa_key.verify(token).ok()?;
+        let aud_ok = match claims.get("aud") {
+            Some(serde_json::Value::String(a)) => *a == self.audience,
+            Some(serde_json::Value::Array(a)) => a.iter().any(|x| x.as_str() == Some(self.audience.as_str())),
+            _ => false,
+        };
+        if !aud_ok {
+            return None;
+        }
         let sub = claims.get("sub")?.as_str()?;
         let rest = sub.strip_prefix("system:serviceaccount:")?;
         let (ns, _name) = rest.split_once(':')?;

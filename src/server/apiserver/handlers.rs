@@ -96,6 +96,26 @@ impl Call<'_> {
         })
     }
 
+    /// Duplicate keys in a JSON body: an error under `fieldValidation=Strict`, a warning under
+    /// `Warn` (the last value wins, as upstream).
+    fn check_duplicates(&self, ctx: &mut WriteCtx) -> Result<(), ApiError> {
+        if ctx.validation == FieldValidation::Ignore
+            || negotiate::body_format(self.content_type.as_deref()).ok() != Some(BodyFormat::Json)
+        {
+            return Ok(());
+        }
+        let dups = crate::api::duplicates::duplicate_fields(&self.body);
+        if dups.is_empty() {
+            return Ok(());
+        }
+        if ctx.validation == FieldValidation::Strict {
+            let list: Vec<String> = dups.iter().map(|d| format!("duplicate field \"{d}\"")).collect();
+            return Err(ApiError::bad_request(format!("strict decoding error: {}", list.join(", "))));
+        }
+        ctx.warnings.extend(dups.iter().map(|d| format!("duplicate field \"{d}\"")));
+        Ok(())
+    }
+
     fn decode_body(&self) -> Result<Value, ApiError> {
         if self.body.is_empty() {
             return Err(ApiError::bad_request("the body of the request was empty"));
@@ -275,6 +295,7 @@ fn encode_watch_frame(info: &ResourceInfo, output: Output, include: IncludeObjec
 pub async fn create(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
     let mut ctx = c.write_ctx()?;
     let mut obj = c.decode_body()?;
+    c.check_duplicates(&mut ctx)?;
     c.server.objects.check_body(c.info, &mut obj, &mut ctx)?;
     let created = c.server.objects.create(c.info, c.namespace(), obj, &mut ctx).await?;
     let mut r = c.object_response(201, &created)?;
@@ -286,6 +307,7 @@ pub async fn create(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
 pub async fn update(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
     let mut ctx = c.write_ctx()?;
     let mut obj = c.decode_body()?;
+    c.check_duplicates(&mut ctx)?;
     c.server.objects.check_body(c.info, &mut obj, &mut ctx)?;
     let sub = c.req.subresource.as_str();
     let updated = c.server.objects.update(c.info, c.namespace(), &c.req.name, sub, obj, &mut ctx).await?;

@@ -60,6 +60,10 @@ pub struct ApiServer {
     pub ready: AtomicBool,
     /// `host:port` clients should use, for `/api`'s serverAddressByClientCIDRs.
     pub advertise: String,
+    /// Signs service-account tokens (`serviceaccounts/<name>/token`).
+    pub sa_signer: Arc<crate::pki::ServiceAccountKey>,
+    /// Issuer of service-account tokens, `https://kubernetes.default.svc.<cluster domain>`.
+    pub sa_issuer: String,
 }
 
 /// Paths anyone may read without credentials.
@@ -71,18 +75,19 @@ fn is_public_path(path: &str) -> bool {
 }
 
 impl ApiServer {
-    /// Authenticates the bearer token (if any) on top of the TLS identity.
+    /// Authenticates a request: a verified client certificate first, then a bearer token, as
+    /// upstream's union authenticator orders them; neither means anonymous.
     fn authenticate(&self, cert_user: Option<UserInfo>, headers: &http::HeaderMap) -> Result<UserInfo, ApiError> {
+        if let Some(u) = cert_user {
+            return Ok(u);
+        }
         if let Some(auth) = headers.get(header::AUTHORIZATION) {
             let value = auth.to_str().unwrap_or("");
             if let Some(token) = value.strip_prefix("Bearer ").map(str::trim) {
-                if let Some(u) = self.tokens.authenticate(token) {
-                    return Ok(u);
-                }
-                return Err(ApiError::unauthorized());
+                return self.tokens.authenticate(token).ok_or_else(ApiError::unauthorized);
             }
         }
-        Ok(cert_user.unwrap_or_else(UserInfo::anonymous))
+        Ok(UserInfo::anonymous())
     }
 
     /// Serves one request; `cert_user` is the identity of a verified client certificate.
@@ -274,6 +279,7 @@ impl ApiServer {
             ("binding", _) if parts.method == Method::POST => return subresources::bind(&call, &info.name).await,
             ("eviction", _) if parts.method == Method::POST => return subresources::evict(&call).await,
             ("finalize", _) if parts.method == Method::PUT => return subresources::finalize(&call).await,
+            ("token", _) if parts.method == Method::POST => return subresources::token_request(&call).await,
             (sub, _) => {
                 return Err(ApiError::new(
                     503,

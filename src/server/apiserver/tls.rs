@@ -63,7 +63,13 @@ pub async fn serve(
             let svc = service_fn(move |req| {
                 let server = server.clone();
                 let user = cert_user.clone();
-                async move { Ok::<_, std::convert::Infallible>(server.handle(user, req).await) }
+                async move {
+                    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+                    let started = std::time::Instant::now();
+                    let resp = server.handle(user, req).await;
+                    tracing::debug!(%peer, %method, %path, status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder.http2().max_concurrent_streams(1000);
