@@ -443,3 +443,158 @@ fn service_account_tokens_authenticate() {
     let can = run(&["auth", "can-i", "list", "pods"]);
     assert_eq!(String::from_utf8_lossy(&can.stdout).trim(), "no");
 }
+
+#[test]
+fn tables_for_autoscalers_budgets_quotas_and_volumes() {
+    let s = Server::start();
+    apply(&s, APP, &[]);
+    s.ok(&["autoscale", "deployment", "web", "-n", "demo", "--min=2", "--max=5", "--cpu-percent=80"]);
+    let hpa = s.ok(&["get", "hpa", "-n", "demo"]);
+    let header: Vec<&str> = hpa.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "REFERENCE", "TARGETS", "MINPODS", "MAXPODS", "REPLICAS", "AGE"], "{hpa}");
+    let row = hpa.lines().nth(1).unwrap();
+    assert!(row.starts_with("web") && row.contains("Deployment/web") && row.contains("cpu: <unknown>/80%"), "{hpa}");
+
+    // One object, two versions: autoscaling/v1 reads and writes the v2 object.
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "horizontalpodautoscalers.v1.autoscaling",
+            "web",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.spec.targetCPUUtilizationPercentage}"
+        ]),
+        "80"
+    );
+    s.ok(&[
+        "patch",
+        "horizontalpodautoscalers.v1.autoscaling",
+        "web",
+        "-n",
+        "demo",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"targetCPUUtilizationPercentage":65}}"#,
+    ]);
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "horizontalpodautoscalers.v2.autoscaling",
+            "web",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.spec.metrics[0].resource.target.averageUtilization}"
+        ]),
+        "65"
+    );
+    let v1 = r#"{"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "api", "namespace": "demo"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "api"}, "maxReplicas": 3}}"#;
+    apply(&s, v1, &[]);
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "hpa",
+            "api",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.spec.minReplicas} {.spec.metrics[0].resource.name}"
+        ]),
+        "1 cpu"
+    );
+
+    // Events written through events.k8s.io/v1 are core Events too.
+    let ev = r#"{"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "web.1", "namespace": "demo"},
+        "eventTime": "2024-01-01T00:00:00.000000Z", "reportingController": "skiff", "reportingInstance": "box", "action": "Scaled",
+        "reason": "ScalingReplicaSet", "type": "Normal", "note": "Scaled up to 2", "regarding": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "namespace": "demo"}}"#;
+    let created = s.apply_stdin(&["create", "-f", "-"], ev);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let events = s.ok(&["get", "events", "-n", "demo", "--field-selector", "involvedObject.name=web"]);
+    assert!(events.contains("deployment/web") && events.contains("Scaled up to 2"), "{events}");
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "events.v1.events.k8s.io",
+            "-n",
+            "demo",
+            "--field-selector",
+            "regarding.kind=Deployment",
+            "-o",
+            "jsonpath={.items[*].note}"
+        ]),
+        "Scaled up to 2"
+    );
+
+    s.ok(&["create", "poddisruptionbudget", "web", "-n", "demo", "--selector=app=web", "--min-available=1"]);
+    let pdb = s.ok(&["get", "pdb", "-n", "demo"]);
+    assert!(pdb.starts_with("NAME   MIN AVAILABLE   MAX UNAVAILABLE   ALLOWED DISRUPTIONS   AGE"), "{pdb}");
+    assert_eq!(pdb.lines().nth(1).unwrap().split_whitespace().take(4).collect::<Vec<_>>(), ["web", "1", "N/A", "0"]);
+
+    // kubectl create sends protobuf; maps of quantities must survive the decoding.
+    s.ok(&["create", "quota", "q", "-n", "demo", "--hard=pods=10,requests.cpu=500m"]);
+    assert_eq!(
+        s.ok(&["get", "quota", "q", "-n", "demo", "-o", "jsonpath={.spec.hard}"]),
+        r#"{"pods":"10","requests.cpu":"500m"}"#
+    );
+    let quota = s.ok(&["get", "quota", "-n", "demo"]);
+    assert!(quota.starts_with("NAME   AGE"), "{quota}");
+
+    let pv = r#"{"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "data"},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "hostPath": {"path": "/srv/data"},
+        "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "local"}}"#;
+    apply(&s, pv, &[]);
+    let out = s.ok(&["get", "pv", "-o", "wide"]);
+    let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "CAPACITY",
+            "ACCESS",
+            "MODES",
+            "RECLAIM",
+            "POLICY",
+            "STATUS",
+            "CLAIM",
+            "STORAGECLASS",
+            "VOLUMEATTRIBUTESCLASS",
+            "REASON",
+            "AGE",
+            "VOLUMEMODE"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        out.lines().nth(1).unwrap().split_whitespace().take(6).collect::<Vec<_>>(),
+        ["data", "1Gi", "RWO", "Retain", "Pending", "local"]
+    );
+}
+
+/// `kubectl create <generator>` and `kubectl run` send protobuf bodies: Go's zero values must
+/// read as unset (so defaults apply), pointer zeros must stay, embedded structs must inline.
+#[test]
+fn generators_that_send_protobuf() {
+    let s = Server::start();
+    s.ok(&["create", "deployment", "api", "--image=busybox", "--replicas=0", "--port=8080"]);
+    assert_eq!(
+        s.ok(&["get", "deploy", "api", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].imagePullPolicy} {.spec.template.spec.restartPolicy}"]),
+        "0 Always Always"
+    );
+    s.ok(&["run", "p", "--image=busybox:1.36", "--restart=Never", "--", "sleep", "1"]);
+    assert_eq!(
+        s.ok(&["get", "pod", "p", "-o", "jsonpath={.spec.containers[0].imagePullPolicy} {.spec.dnsPolicy}"]),
+        "IfNotPresent ClusterFirst"
+    );
+    s.ok(&["create", "ingress", "web", "--rule=example.com/api=api:8080"]);
+    assert_eq!(
+        s.ok(&["get", "ingress", "web", "-o", "jsonpath={.spec.rules[0].http.paths[0].backend.service.port.number}"]),
+        "8080"
+    );
+    s.ok(&["create", "service", "nodeport", "api", "--tcp=80:8080"]);
+    assert_eq!(s.ok(&["get", "svc", "api", "-o", "jsonpath={.spec.ports[0].targetPort}"]), "8080");
+    s.ok(&["create", "job", "once", "--image=busybox"]);
+    assert_eq!(s.ok(&["get", "job", "once", "-o", "jsonpath={.spec.backoffLimit} {.spec.completions}"]), "6 1");
+}

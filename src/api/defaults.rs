@@ -65,6 +65,19 @@ pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value) {
             }
             template(obj, &["spec", "template"]);
         }
+        ("autoscaling", "horizontalpodautoscalers") => {
+            if let Some(spec) = existing(obj, &["spec"]) {
+                set_default(spec, "minReplicas", json!(1));
+                // autoscaling/v2 scales on 80% CPU when no metric is given (v1 gets the same
+                // through conversion from the stored v2 object).
+                if info.version == "v2" && spec.get("metrics").and_then(|m| m.as_array()).is_none_or(|m| m.is_empty()) {
+                    spec.insert(
+                        "metrics".into(),
+                        json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]),
+                    );
+                }
+            }
+        }
         ("apps", "replicasets") => {
             if let Some(spec) = existing(obj, &["spec"]) {
                 set_default(spec, "replicas", json!(1));

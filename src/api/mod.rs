@@ -4,6 +4,7 @@
 //! Objects are `serde_json::Value`s here; typed k8s-openapi structs are used only to check
 //! shapes and to generate schemas. Nothing in this room performs I/O.
 
+pub mod convert;
 pub mod decode;
 pub mod defaults;
 pub mod duplicates;

@@ -230,7 +230,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
     res!("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", namespaced: true, verbs: ALL_VERBS, short: ["hpa"], categories: ["all"],
         subresources: [STATUS], storage: Storage::Stored, prefix: "/autoscaling/horizontalpodautoscalers", ty: k::autoscaling::v2::HorizontalPodAutoscaler, def: "io.k8s.api.autoscaling.v2.HorizontalPodAutoscaler"),
     res!("autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", namespaced: true, verbs: ALL_VERBS, short: ["hpa"], categories: ["all"],
-        subresources: [STATUS], storage: Storage::Stored, prefix: "/autoscaling.v1/horizontalpodautoscalers", ty: k::autoscaling::v1::HorizontalPodAutoscaler, def: "io.k8s.api.autoscaling.v1.HorizontalPodAutoscaler"),
+        subresources: [STATUS], storage: Storage::Stored, prefix: "/autoscaling/horizontalpodautoscalers", ty: k::autoscaling::v1::HorizontalPodAutoscaler, def: "io.k8s.api.autoscaling.v1.HorizontalPodAutoscaler"),
     // batch/v1
     res!("batch", "v1", "CronJob", "cronjobs", "cronjob", namespaced: true, verbs: ALL_VERBS, short: ["cj"], categories: ["all"],
         subresources: [STATUS], storage: Storage::Stored, prefix: "/batch/cronjobs", ty: k::batch::v1::CronJob, def: "io.k8s.api.batch.v1.CronJob"),
@@ -247,7 +247,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         subresources: [], storage: Storage::Stored, prefix: "/discovery.k8s.io/endpointslices", ty: k::discovery::v1::EndpointSlice, def: "io.k8s.api.discovery.v1.EndpointSlice"),
     // events.k8s.io/v1
     res!("events.k8s.io", "v1", "Event", "events", "event", namespaced: true, verbs: ALL_VERBS, short: ["ev"], categories: [],
-        subresources: [], storage: Storage::Stored, prefix: "/events.k8s.io/events", ty: k::events::v1::Event, def: "io.k8s.api.events.v1.Event"),
+        subresources: [], storage: Storage::Stored, prefix: "/core/events", ty: k::events::v1::Event, def: "io.k8s.api.events.v1.Event"),
     // networking.k8s.io/v1
     res!("networking.k8s.io", "v1", "IngressClass", "ingressclasses", "ingressclass", namespaced: false, verbs: ALL_VERBS, short: [], categories: [],
         subresources: [], storage: Storage::Stored, prefix: "/networking.k8s.io/ingressclasses", ty: k::networking::v1::IngressClass, def: "io.k8s.api.networking.v1.IngressClass"),
@@ -340,6 +340,18 @@ mod tests {
         for r in RESOURCES {
             assert!(seen.insert((r.group, r.version, r.plural)), "duplicate {r:?}");
             assert!(r.storage_prefix.ends_with(r.plural), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn versions_share_storage_only_through_conversion() {
+        for a in RESOURCES.iter().filter(|r| r.storage == Storage::Stored) {
+            let sharing: Vec<_> = RESOURCES.iter().filter(|b| b.storage_prefix == a.storage_prefix).collect();
+            let stored_as = crate::api::convert::storage_version(a).unwrap_or(a);
+            for b in sharing {
+                let b_stored_as = crate::api::convert::storage_version(b).unwrap_or(b);
+                assert!(std::ptr::eq(stored_as, b_stored_as), "{a:?} and {b:?} share storage without conversion");
+            }
         }
     }
 

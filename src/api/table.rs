@@ -77,13 +77,90 @@ fn columns(info: &ResourceInfo) -> Vec<Col> {
             ("Kernel-Version", "string", 1),
             ("Container-Runtime", "string", 1),
         ],
-        ("", "events") => vec![
+        ("" | "events.k8s.io", "events") => vec![
             ("Last Seen", "string", 0),
             ("Type", "string", 0),
             ("Reason", "string", 0),
             ("Object", "string", 0),
+            ("Subobject", "string", 1),
+            ("Source", "string", 1),
             ("Message", "string", 0),
+            ("First Seen", "string", 1),
+            ("Count", "string", 1),
+            ("Name", "string", 1),
         ],
+        ("", "podtemplates") => {
+            vec![NAME, ("Containers", "string", 0), ("Images", "string", 0), ("Pod Labels", "string", 0)]
+        }
+        ("", "persistentvolumes") => vec![
+            NAME,
+            ("Capacity", "string", 0),
+            ("Access Modes", "string", 0),
+            ("Reclaim Policy", "string", 0),
+            ("Status", "string", 0),
+            ("Claim", "string", 0),
+            ("StorageClass", "string", 0),
+            ("VolumeAttributesClass", "string", 0),
+            ("Reason", "string", 0),
+            AGE,
+            ("VolumeMode", "string", 1),
+        ],
+        ("", "componentstatuses") => {
+            vec![NAME, ("Status", "string", 0), ("Message", "string", 0), ("Error", "string", 0)]
+        }
+        ("", "resourcequotas") => vec![NAME, AGE, ("Request", "string", 0), ("Limit", "string", 0)],
+        ("autoscaling", "horizontalpodautoscalers") => vec![
+            NAME,
+            ("Reference", "string", 0),
+            ("Targets", "string", 0),
+            ("MinPods", "string", 0),
+            ("MaxPods", "string", 0),
+            ("Replicas", "string", 0),
+            AGE,
+        ],
+        ("policy", "poddisruptionbudgets") => vec![
+            NAME,
+            ("Min Available", "string", 0),
+            ("Max Unavailable", "string", 0),
+            ("Allowed Disruptions", "integer", 0),
+            AGE,
+        ],
+        ("networking.k8s.io", "networkpolicies") => vec![NAME, ("Pod-Selector", "string", 0), AGE],
+        ("networking.k8s.io", "ingressclasses") => {
+            vec![NAME, ("Controller", "string", 0), ("Parameters", "string", 0), AGE]
+        }
+        ("node.k8s.io", "runtimeclasses") => vec![NAME, ("Handler", "string", 0), AGE],
+        ("storage.k8s.io", "volumeattachments") => vec![
+            NAME,
+            ("Attacher", "string", 0),
+            ("PV", "string", 0),
+            ("Node", "string", 0),
+            ("Attached", "boolean", 0),
+            AGE,
+        ],
+        ("storage.k8s.io", "csinodes") => vec![NAME, ("Drivers", "integer", 0), AGE],
+        ("storage.k8s.io", "csidrivers") => vec![
+            NAME,
+            ("AttachRequired", "boolean", 0),
+            ("PodInfoOnMount", "boolean", 0),
+            ("StorageCapacity", "boolean", 0),
+            ("TokenRequests", "string", 0),
+            ("RequiresRepublish", "boolean", 0),
+            ("Modes", "string", 0),
+            AGE,
+        ],
+        ("storage.k8s.io", "csistoragecapacities") => {
+            vec![NAME, ("StorageClassName", "string", 0), ("Capacity", "string", 0)]
+        }
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations" | "validatingwebhookconfigurations") => {
+            vec![NAME, ("Webhooks", "integer", 0), AGE]
+        }
+        ("admissionregistration.k8s.io", "validatingadmissionpolicies") => {
+            vec![NAME, ("Validations", "integer", 0), ("ParamKind", "string", 0), AGE]
+        }
+        ("admissionregistration.k8s.io", "validatingadmissionpolicybindings") => {
+            vec![NAME, ("PolicyName", "string", 0), ("ParamRef", "string", 0), AGE]
+        }
         ("", "persistentvolumeclaims") => vec![
             NAME,
             ("Status", "string", 0),
@@ -93,6 +170,7 @@ fn columns(info: &ResourceInfo) -> Vec<Col> {
             ("StorageClass", "string", 0),
             ("VolumeAttributesClass", "string", 0),
             AGE,
+            ("VolumeMode", "string", 1),
         ],
         ("", "replicationcontrollers") | ("apps", "replicasets") => vec![
             NAME,
@@ -295,6 +373,171 @@ fn selector_text(sel: Option<&Value>) -> String {
             parts.join(",")
         }
         _ => String::new(),
+    }
+}
+
+/// `RWO,ROX` as upstream abbreviates access modes.
+fn access_modes(modes: &[Value]) -> String {
+    let short: Vec<&str> = modes
+        .iter()
+        .filter_map(|m| m.as_str())
+        .map(|m| match m {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            o => o,
+        })
+        .collect();
+    short.join(",")
+}
+
+fn volume_mode(obj: &Value) -> String {
+    obj.pointer("/spec/volumeMode").and_then(|v| v.as_str()).unwrap_or("<unset>").to_string()
+}
+
+/// `k=v,k2=v2` (sorted), `<none>` when empty.
+fn labels_text(labels: Option<&Value>) -> String {
+    match labels.and_then(|l| l.as_object()) {
+        Some(m) if !m.is_empty() => {
+            let mut parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+            parts.sort();
+            parts.join(",")
+        }
+        _ => "<none>".into(),
+    }
+}
+
+/// Both Event shapes (core/v1 and events.k8s.io/v1) in upstream's event columns.
+fn event_cells(obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
+    let first_of = |ptrs: &[&str]| ptrs.iter().map(|p| s(obj, p)).find(|t| !t.is_empty());
+    let first = first_of(&["/firstTimestamp", "/deprecatedFirstTimestamp", "/eventTime"]);
+    let last = first_of(&["/series/lastObservedTime", "/lastTimestamp", "/deprecatedLastTimestamp"]).or(first);
+    let seen = |t: Option<&str>| t.map(|t| age_of(Some(t), now)).unwrap_or_else(|| "<unknown>".into());
+    let regarding = obj.get("involvedObject").or_else(|| obj.get("regarding")).unwrap_or(&Value::Null);
+    let object = format!("{}/{}", s(regarding, "/kind").to_lowercase(), s(regarding, "/name"));
+    let message = if obj.get("note").is_some() { s(obj, "/note") } else { s(obj, "/message") };
+    let source_obj = obj.get("source").or_else(|| obj.get("deprecatedSource"));
+    let component = source_obj.map(|v| s(v, "/component")).filter(|c| !c.is_empty());
+    let source = match component {
+        Some(c) => {
+            let host = s(source_obj.unwrap_or(&Value::Null), "/host");
+            if host.is_empty() { c.to_string() } else { format!("{c}, {host}") }
+        }
+        None => {
+            let controller = if obj.get("reportingController").is_some() {
+                s(obj, "/reportingController")
+            } else {
+                s(obj, "/reportingComponent")
+            };
+            let instance = s(obj, "/reportingInstance");
+            match (controller.is_empty(), instance.is_empty()) {
+                (true, _) => "<none>".to_string(),
+                (false, true) => controller.to_string(),
+                (false, false) => format!("{controller}, {instance}"),
+            }
+        }
+    };
+    let count = obj
+        .pointer("/series/count")
+        .or_else(|| obj.get("count"))
+        .or_else(|| obj.get("deprecatedCount"))
+        .and_then(|v| v.as_i64())
+        .filter(|c| *c > 0)
+        .unwrap_or(1);
+    vec![
+        json!(seen(last)),
+        json!(s(obj, "/type")),
+        json!(s(obj, "/reason")),
+        json!(object),
+        json!(s(regarding, "/fieldPath")),
+        json!(source),
+        json!(message),
+        json!(seen(first)),
+        json!(count.to_string()),
+        json!(s(obj, "/metadata/name")),
+    ]
+}
+
+/// REQUEST and LIMIT of a ResourceQuota: `name: used/hard` for each enforced resource, sorted,
+/// `limits.*` in the second column.
+fn quota_text(obj: &Value) -> (String, String) {
+    let Some(hard) = obj.pointer("/status/hard").and_then(|h| h.as_object()) else {
+        return (String::new(), String::new());
+    };
+    let mut names: Vec<&String> = hard.keys().collect();
+    names.sort();
+    let (mut request, mut limit) = (Vec::new(), Vec::new());
+    for n in names {
+        let used = obj.pointer("/status/used").and_then(|u| u.get(n.as_str())).and_then(|v| v.as_str()).unwrap_or("0");
+        let entry = format!("{n}: {used}/{}", hard[n].as_str().unwrap_or(""));
+        if n.starts_with("limits.") { limit.push(entry) } else { request.push(entry) }
+    }
+    (request.join(", "), limit.join(", "))
+}
+
+/// The TARGETS column of a HorizontalPodAutoscaler, autoscaling/v1 or v2: `cpu: 40%/80%`, at
+/// most two metrics and then `+ N more...`.
+fn hpa_targets(obj: &Value) -> String {
+    let mut list: Vec<String> = Vec::new();
+    if let Some(target) = obj.pointer("/spec/targetCPUUtilizationPercentage").and_then(|v| v.as_i64()) {
+        let current = obj
+            .pointer("/status/currentCPUUtilizationPercentage")
+            .and_then(|v| v.as_i64())
+            .map(|c| format!("{c}%"))
+            .unwrap_or_else(|| "<unknown>".into());
+        list.push(format!("cpu: {current}/{target}%"));
+    }
+    let statuses = arr(obj, "/status/currentMetrics");
+    for (n, spec) in arr(obj, "/spec/metrics").iter().enumerate() {
+        let status = statuses.get(n).unwrap_or(&Value::Null);
+        let ty = s(spec, "/type");
+        let key = match ty {
+            "Resource" => "resource",
+            "ContainerResource" => "containerResource",
+            "Pods" => "pods",
+            "Object" => "object",
+            "External" => "external",
+            _ => {
+                list.push("<unknown type>".into());
+                continue;
+            }
+        };
+        let target = spec.get(key).and_then(|t| t.get("target")).unwrap_or(&Value::Null);
+        let current = status.get(key).and_then(|c| c.get("current")).unwrap_or(&Value::Null);
+        let quantity = |v: &Value, field: &str| v.get(field).and_then(|q| q.as_str()).map(String::from);
+        let unknown = || "<unknown>".to_string();
+        let text = if let Some(avg) = quantity(target, "averageValue") {
+            let cur = quantity(current, "averageValue").unwrap_or_else(unknown);
+            if ty == "Object" || ty == "External" { format!("{cur}/{avg} (avg)") } else { format!("{cur}/{avg}") }
+        } else if let Some(value) = quantity(target, "value") {
+            format!("{}/{value}", quantity(current, "value").unwrap_or_else(unknown))
+        } else {
+            let cur = current
+                .get("averageUtilization")
+                .and_then(|v| v.as_i64())
+                .map(|c| format!("{c}%"))
+                .unwrap_or_else(unknown);
+            let tgt = target
+                .get("averageUtilization")
+                .and_then(|v| v.as_i64())
+                .map(|c| format!("{c}%"))
+                .unwrap_or_else(|| "<auto>".into());
+            format!("{cur}/{tgt}")
+        };
+        let label = match ty {
+            "Resource" => format!("{}: ", s(spec, "/resource/name")),
+            "ContainerResource" => {
+                format!("{}/{}: ", s(spec, "/containerResource/container"), s(spec, "/containerResource/name"))
+            }
+            _ => String::new(),
+        };
+        list.push(format!("{label}{text}"));
+    }
+    match list.len() {
+        0 => "<none>".into(),
+        1 | 2 => list.join(", "),
+        n => format!("{} + {} more...", list[..2].join(", "), n - 2),
     }
 }
 
@@ -563,45 +806,157 @@ fn cells(info: &ResourceInfo, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
             json!(none_if_empty(s(obj, "/status/nodeInfo/kernelVersion").to_string())),
             json!(none_if_empty(s(obj, "/status/nodeInfo/containerRuntimeVersion").to_string())),
         ],
-        ("", "events") => {
-            let last = [s(obj, "/lastTimestamp"), s(obj, "/eventTime"), s(obj, "/metadata/creationTimestamp")]
-                .into_iter()
-                .find(|t| !t.is_empty())
-                .map(|t| age_of(Some(t), now))
-                .unwrap_or_else(|| "<unknown>".into());
-            let object =
-                format!("{}/{}", s(obj, "/involvedObject/kind").to_lowercase(), s(obj, "/involvedObject/name"));
-            vec![
-                json!(last),
-                json!(s(obj, "/type")),
-                json!(s(obj, "/reason")),
-                json!(object),
-                json!(s(obj, "/message")),
-            ]
+        ("" | "events.k8s.io", "events") => event_cells(obj, now),
+        ("", "podtemplates") => {
+            let (c, im) = containers_and_images(obj, "/template/spec");
+            vec![name, json!(c), json!(im), json!(labels_text(obj.pointer("/template/metadata/labels")))]
         }
-        ("", "persistentvolumeclaims") => {
-            let modes: Vec<&str> = arr(obj, "/status/accessModes")
-                .iter()
-                .filter_map(|m| m.as_str())
-                .map(|m| match m {
-                    "ReadWriteOnce" => "RWO",
-                    "ReadOnlyMany" => "ROX",
-                    "ReadWriteMany" => "RWX",
-                    "ReadWriteOncePod" => "RWOP",
-                    o => o,
-                })
-                .collect();
+        ("", "persistentvolumes") => {
+            let claim = match obj.pointer("/spec/claimRef") {
+                Some(c) if c.is_object() => format!("{}/{}", s(c, "/namespace"), s(c, "/name")),
+                _ => String::new(),
+            };
             vec![
                 name,
+                json!(s(obj, "/spec/capacity/storage")),
+                json!(access_modes(arr(obj, "/spec/accessModes"))),
+                json!(s(obj, "/spec/persistentVolumeReclaimPolicy")),
                 json!(s(obj, "/status/phase")),
-                json!(s(obj, "/spec/volumeName")),
-                json!(s(obj, "/status/capacity/storage")),
-                json!(modes.join(",")),
-                json!(none_if_empty(s(obj, "/spec/storageClassName").to_string())),
+                json!(claim),
+                json!(s(obj, "/spec/storageClassName")),
                 json!(none_if_empty(s(obj, "/spec/volumeAttributesClassName").to_string())),
+                json!(s(obj, "/status/reason")),
+                age,
+                json!(volume_mode(obj)),
+            ]
+        }
+        ("", "componentstatuses") => {
+            let healthy = arr(obj, "/conditions").iter().find(|c| s(c, "/type") == "Healthy");
+            let (status, message, error) = match healthy {
+                Some(c) => {
+                    (if s(c, "/status") == "True" { "Healthy" } else { "Unhealthy" }, s(c, "/message"), s(c, "/error"))
+                }
+                None => ("Unknown", "", ""),
+            };
+            vec![name, json!(status), json!(message), json!(error)]
+        }
+        ("", "resourcequotas") => {
+            let (request, limit) = quota_text(obj);
+            vec![name, age, json!(request), json!(limit)]
+        }
+        ("autoscaling", "horizontalpodautoscalers") => {
+            let min = obj
+                .pointer("/spec/minReplicas")
+                .and_then(|v| v.as_i64())
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "<unset>".into());
+            vec![
+                name,
+                json!(format!("{}/{}", s(obj, "/spec/scaleTargetRef/kind"), s(obj, "/spec/scaleTargetRef/name"))),
+                json!(hpa_targets(obj)),
+                json!(min),
+                json!(i(obj, "/spec/maxReplicas").to_string()),
+                json!(i(obj, "/status/currentReplicas").to_string()),
                 age,
             ]
         }
+        ("policy", "poddisruptionbudgets") => {
+            let int_or_string = |ptr: &str| match obj.pointer(ptr) {
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::String(v)) => v.clone(),
+                _ => "N/A".into(),
+            };
+            vec![
+                name,
+                json!(int_or_string("/spec/minAvailable")),
+                json!(int_or_string("/spec/maxUnavailable")),
+                json!(i(obj, "/status/disruptionsAllowed")),
+                age,
+            ]
+        }
+        ("networking.k8s.io", "networkpolicies") => {
+            vec![name, json!(none_if_empty(selector_text(obj.pointer("/spec/podSelector")))), age]
+        }
+        ("networking.k8s.io", "ingressclasses") => {
+            let params = match obj.pointer("/spec/parameters") {
+                Some(p) if p.is_object() => {
+                    let group = s(p, "/apiGroup");
+                    let kind =
+                        if group.is_empty() { s(p, "/kind").to_string() } else { format!("{}.{group}", s(p, "/kind")) };
+                    format!("{kind}/{}", s(p, "/name"))
+                }
+                _ => "<none>".into(),
+            };
+            vec![name, json!(s(obj, "/spec/controller")), json!(params), age]
+        }
+        ("node.k8s.io", "runtimeclasses") => vec![name, json!(s(obj, "/handler")), age],
+        ("storage.k8s.io", "volumeattachments") => vec![
+            name,
+            json!(s(obj, "/spec/attacher")),
+            json!(s(obj, "/spec/source/persistentVolumeName")),
+            json!(s(obj, "/spec/nodeName")),
+            json!(obj.pointer("/status/attached").and_then(|v| v.as_bool()).unwrap_or(false)),
+            age,
+        ],
+        ("storage.k8s.io", "csinodes") => vec![name, json!(arr(obj, "/spec/drivers").len()), age],
+        ("storage.k8s.io", "csidrivers") => {
+            let flag = |ptr: &str, default: bool| json!(obj.pointer(ptr).and_then(|v| v.as_bool()).unwrap_or(default));
+            let tokens = match obj.pointer("/spec/tokenRequests").and_then(|v| v.as_array()) {
+                Some(t) => t.iter().map(|r| s(r, "/audience")).collect::<Vec<_>>().join(","),
+                None => "<unset>".into(),
+            };
+            let modes: Vec<&str> = arr(obj, "/spec/volumeLifecycleModes").iter().filter_map(|m| m.as_str()).collect();
+            vec![
+                name,
+                flag("/spec/attachRequired", true),
+                flag("/spec/podInfoOnMount", false),
+                flag("/spec/storageCapacity", false),
+                json!(tokens),
+                flag("/spec/requiresRepublish", false),
+                json!(if modes.is_empty() { "Persistent".to_string() } else { modes.join(",") }),
+                age,
+            ]
+        }
+        ("storage.k8s.io", "csistoragecapacities") => vec![
+            name,
+            json!(s(obj, "/storageClassName")),
+            json!(obj.get("capacity").and_then(|v| v.as_str()).unwrap_or("<unset>")),
+        ],
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations" | "validatingwebhookconfigurations") => {
+            vec![name, json!(arr(obj, "/webhooks").len()), age]
+        }
+        ("admissionregistration.k8s.io", "validatingadmissionpolicies") => {
+            let param = match obj.pointer("/spec/paramKind") {
+                Some(p) if p.is_object() => format!("{}/{}", s(p, "/apiVersion"), s(p, "/kind")),
+                _ => "<unset>".into(),
+            };
+            vec![name, json!(arr(obj, "/spec/validations").len()), json!(param), age]
+        }
+        ("admissionregistration.k8s.io", "validatingadmissionpolicybindings") => {
+            let param = match obj.pointer("/spec/paramRef") {
+                Some(p) if !s(p, "/name").is_empty() => {
+                    if s(p, "/namespace").is_empty() {
+                        s(p, "/name").to_string()
+                    } else {
+                        format!("{}/{}", s(p, "/namespace"), s(p, "/name"))
+                    }
+                }
+                Some(p) if p.get("selector").is_some() => selector_text(p.get("selector")),
+                _ => "<unset>".into(),
+            };
+            vec![name, json!(s(obj, "/spec/policyName")), json!(param), age]
+        }
+        ("", "persistentvolumeclaims") => vec![
+            name,
+            json!(s(obj, "/status/phase")),
+            json!(s(obj, "/spec/volumeName")),
+            json!(s(obj, "/status/capacity/storage")),
+            json!(access_modes(arr(obj, "/status/accessModes"))),
+            json!(none_if_empty(s(obj, "/spec/storageClassName").to_string())),
+            json!(none_if_empty(s(obj, "/spec/volumeAttributesClassName").to_string())),
+            age,
+            json!(volume_mode(obj)),
+        ],
         ("", "replicationcontrollers") | ("apps", "replicasets") => {
             let (c, im) = containers_and_images(obj, "/spec/template/spec");
             vec![
@@ -910,6 +1265,92 @@ mod tests {
         let c = cells(svcs, &svc, now());
         assert_eq!(&c[1..5], &[json!("NodePort"), json!("10.43.0.9"), json!("1.2.3.4"), json!("80:30080/TCP")]);
         assert_eq!(c[6], json!("app=web"));
+    }
+
+    #[test]
+    fn autoscaler_targets_like_upstream() {
+        let v2 = lookup("autoscaling", "v2", "horizontalpodautoscalers").unwrap();
+        let hpa = json!({"metadata": {"name": "web"}, "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "maxReplicas": 5,
+            "metrics": [
+                {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}},
+                {"type": "Pods", "pods": {"metric": {"name": "qps"}, "target": {"type": "AverageValue", "averageValue": "1k"}}},
+                {"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "100Mi"}}}]},
+            "status": {"currentReplicas": 2, "currentMetrics": [{"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 41}}}]}});
+        let c = cells(v2, &hpa, now());
+        assert_eq!(
+            &c[1..6],
+            &[
+                json!("Deployment/web"),
+                json!("cpu: 41%/80%, <unknown>/1k + 1 more..."),
+                json!("<unset>"),
+                json!("5"),
+                json!("2")
+            ]
+        );
+        let v1 = lookup("autoscaling", "v1", "horizontalpodautoscalers").unwrap();
+        let hpa = json!({"spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "minReplicas": 1, "maxReplicas": 3, "targetCPUUtilizationPercentage": 50}});
+        assert_eq!(cells(v1, &hpa, now())[2], json!("cpu: <unknown>/50%"));
+    }
+
+    #[test]
+    fn quotas_volumes_and_budgets() {
+        let rq = lookup("", "v1", "resourcequotas").unwrap();
+        let quota = json!({"metadata": {"name": "q"}, "status": {"hard": {"pods": "10", "limits.cpu": "2", "requests.memory": "1Gi"}, "used": {"pods": "3"}}});
+        let c = cells(rq, &quota, now());
+        assert_eq!(&c[2..], &[json!("pods: 3/10, requests.memory: 0/1Gi"), json!("limits.cpu: 0/2")]);
+
+        let pvs = lookup("", "v1", "persistentvolumes").unwrap();
+        let pv = json!({"metadata": {"name": "pv1"}, "spec": {"capacity": {"storage": "5Gi"}, "accessModes": ["ReadWriteOnce", "ReadOnlyMany"],
+            "persistentVolumeReclaimPolicy": "Retain", "claimRef": {"namespace": "default", "name": "data"}, "storageClassName": "local", "volumeMode": "Filesystem"},
+            "status": {"phase": "Bound"}});
+        let c = cells(pvs, &pv, now());
+        assert_eq!(
+            &c[1..8],
+            &[
+                json!("5Gi"),
+                json!("RWO,ROX"),
+                json!("Retain"),
+                json!("Bound"),
+                json!("default/data"),
+                json!("local"),
+                json!("<none>")
+            ]
+        );
+        assert_eq!(c[10], json!("Filesystem"));
+
+        let pdbs = lookup("policy", "v1", "poddisruptionbudgets").unwrap();
+        let pdb =
+            json!({"metadata": {"name": "b"}, "spec": {"minAvailable": "50%"}, "status": {"disruptionsAllowed": 1}});
+        assert_eq!(&cells(pdbs, &pdb, now())[1..4], &[json!("50%"), json!("N/A"), json!(1)]);
+    }
+
+    #[test]
+    fn both_event_shapes_print_alike() {
+        let core = lookup("", "v1", "events").unwrap();
+        let ev = json!({"metadata": {"name": "e1"}, "type": "Normal", "reason": "Scheduled", "message": "assigned",
+            "involvedObject": {"kind": "Pod", "name": "p", "fieldPath": "spec.containers{a}"}, "source": {"component": "scheduler"},
+            "firstTimestamp": "2024-01-01T00:00:00Z", "lastTimestamp": "2024-01-01T00:59:00Z", "count": 3});
+        assert_eq!(
+            cells(core, &ev, now()),
+            vec![
+                json!("60s"),
+                json!("Normal"),
+                json!("Scheduled"),
+                json!("pod/p"),
+                json!("spec.containers{a}"),
+                json!("scheduler"),
+                json!("assigned"),
+                json!("60m"),
+                json!("3"),
+                json!("e1")
+            ]
+        );
+        let new = lookup("events.k8s.io", "v1", "events").unwrap();
+        let ev = json!({"metadata": {"name": "e2"}, "type": "Warning", "reason": "Failed", "note": "boom", "eventTime": "2024-01-01T00:58:00.000000Z",
+            "regarding": {"kind": "Node", "name": "n1"}, "reportingController": "skiff", "reportingInstance": "box"});
+        let c = cells(new, &ev, now());
+        assert_eq!(&c[..4], &[json!("2m"), json!("Warning"), json!("Failed"), json!("node/n1")]);
+        assert_eq!(&c[5..9], &[json!("skiff, box"), json!("boom"), json!("2m"), json!("1")]);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Map, Value};
 
+use crate::api::registry::ResourceInfo;
 use crate::api::status::ApiError;
 
 /// Largest request body accepted (upstream's limit is 3 MiB).
@@ -106,6 +107,21 @@ pub fn decode_stored(stored: &[u8], rev: u64) -> Result<Value, ApiError> {
         serde_json::from_slice(stored).map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
     set_resource_version(&mut v, rev);
     Ok(v)
+}
+
+/// Decodes a stored object as `info`'s version (converting from the storage version).
+pub fn decode_stored_as(info: &ResourceInfo, stored: &[u8], rev: u64) -> Result<Value, ApiError> {
+    let v = decode_stored(stored, rev)?;
+    Ok(crate::api::convert::from_storage(info, v))
+}
+
+/// Encodes an object of `info`'s version in its storage version.
+pub fn encode_stored_as(info: &ResourceInfo, obj: &Value) -> Result<Bytes, ApiError> {
+    if crate::api::convert::converts(info) {
+        encode_for_store(&crate::api::convert::to_storage(info, obj.clone()))
+    } else {
+        encode_for_store(obj)
+    }
 }
 
 /// Sets `metadata.resourceVersion`.

@@ -17,7 +17,7 @@ use crate::api::table::{self, IncludeObject};
 use super::ApiServer;
 use super::auth::UserInfo;
 use super::codec::{self, BodyFormat};
-use super::listing::{self, Item, ListOptions, WatchFrame};
+use super::listing::{self, ListOptions, WatchFrame};
 use super::negotiate::{self, Output};
 use super::objects::{DeleteOpts, Deleted, FieldValidation, WriteCtx};
 use super::request::{Query, RequestInfo};
@@ -191,13 +191,18 @@ pub async fn list(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
                 if i > 0 {
                     out.put_u8(b',');
                 }
-                codec::splice_into(&mut out, &item.stored, item.revision);
+                if crate::api::convert::converts(c.info) {
+                    let v = item.decode(c.info)?;
+                    serde_json::to_writer((&mut out).writer(), &v).map_err(ApiError::internal)?;
+                } else {
+                    codec::splice_into(&mut out, &item.stored, item.revision);
+                }
             }
             out.put_slice(b"]}");
             Ok(response::with_body(200, "application/json", out.freeze()))
         }
         _ => {
-            let items = page.items.iter().map(Item::decode).collect::<Result<Vec<_>, _>>()?;
+            let items = page.items.iter().map(|i| i.decode(c.info)).collect::<Result<Vec<_>, _>>()?;
             match c.output {
                 Output::Table { v1beta1 } => {
                     let mut t = table::table(c.info, &items, list_meta, c.include()?, chrono::Utc::now());
@@ -441,7 +446,7 @@ pub async fn delete_collection(c: &Call<'_>) -> Result<Response<Body>, ApiError>
     .await?;
     let mut deleted = Vec::new();
     for item in &page.items {
-        let obj = item.decode()?;
+        let obj = item.decode(c.info)?;
         let ns = meta::namespace(&obj).to_string();
         match c.server.objects.delete(c.info, &ns, meta::name(&obj), &opts, &ctx).await {
             Ok(Deleted::Gone(o)) | Ok(Deleted::Pending(o)) => deleted.push(o),

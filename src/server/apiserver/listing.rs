@@ -169,9 +169,9 @@ pub struct Item {
 }
 
 impl Item {
-    /// The object as clients see it.
-    pub fn decode(&self) -> Result<Value, ApiError> {
-        codec::decode_stored(&self.stored, self.revision)
+    /// The object as clients of `info`'s version see it.
+    pub fn decode(&self, info: &ResourceInfo) -> Result<Value, ApiError> {
+        codec::decode_stored_as(info, &self.stored, self.revision)
     }
 }
 
@@ -253,7 +253,7 @@ pub async fn list(
             last_key = Some(kv.key.clone());
             let item = Item { stored: kv.value, revision: kv.mod_revision };
             if selectors {
-                let v = item.decode()?;
+                let v = item.decode(info)?;
                 if !opts.matches(&v) {
                     continue;
                 }
@@ -344,7 +344,7 @@ pub async fn watch(
             Ok(r) => {
                 start = r.revision;
                 for kv in r.kvs {
-                    let Ok(v) = codec::decode_stored(&kv.value, kv.mod_revision) else { continue };
+                    let Ok(v) = codec::decode_stored_as(info, &kv.value, kv.mod_revision) else { continue };
                     if !matches(&v) || !list_opts.matches(&v) {
                         continue;
                     }
@@ -394,8 +394,8 @@ pub async fn watch(
                     None => return,
                 };
                 last_rev = ev.revision;
-                let Ok(cur) = codec::decode_stored(&ev.kv.value, ev.kv.mod_revision) else { continue };
-                let prev = ev.prev.as_ref().and_then(|p| codec::decode_stored(&p.value, p.mod_revision).ok());
+                let Ok(cur) = codec::decode_stored_as(info, &ev.kv.value, ev.kv.mod_revision) else { continue };
+                let prev = ev.prev.as_ref().and_then(|p| codec::decode_stored_as(info, &p.value, p.mod_revision).ok());
                 let now_match = matches(&cur);
                 let was_match = prev.as_ref().map(&matches).unwrap_or(false);
                 let frame = match ev.kind {

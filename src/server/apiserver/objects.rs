@@ -18,7 +18,7 @@ use crate::api::status::ApiError;
 use crate::server::store::{Datastore, KeyValue, StoreError};
 
 use super::auth::UserInfo;
-use super::codec::{self, decode_stored};
+use super::codec;
 use super::ipalloc::{self, Allocators};
 use super::managed_fields;
 
@@ -136,9 +136,18 @@ fn spec_part(obj: &Value) -> Map<String, Value> {
         .unwrap_or_default()
 }
 
+/// The object as a later read returns it: through the storage version and back, so that
+/// storage defaults show in the response of the write that set them.
+fn as_stored(info: &ResourceInfo, obj: Value) -> Value {
+    if crate::api::convert::converts(info) {
+        crate::api::convert::from_storage(info, crate::api::convert::to_storage(info, obj))
+    } else {
+        obj
+    }
+}
+
 fn kv_value(info: &ResourceInfo, kv: &KeyValue) -> Result<Value, ApiError> {
-    let _ = info;
-    decode_stored(&kv.value, kv.mod_revision)
+    codec::decode_stored_as(info, &kv.value, kv.mod_revision)
 }
 
 impl Objects {
@@ -154,6 +163,9 @@ impl Objects {
     pub async fn get_raw(&self, info: &ResourceInfo, ns: &str, name: &str) -> Result<Bytes, ApiError> {
         let kv = self.store.get(&Self::key(info, ns, name)).await.map_err(|e| store_error(info, name, e))?;
         let kv = kv.ok_or_else(|| ApiError::not_found(info.group, info.plural, name))?;
+        if crate::api::convert::converts(info) {
+            return serde_json::to_vec(&kv_value(info, &kv)?).map(Bytes::from).map_err(ApiError::internal);
+        }
         Ok(codec::with_resource_version(&kv.value, kv.mod_revision))
     }
 
@@ -315,7 +327,7 @@ impl Objects {
                 self.alloc.release(a);
             }
         };
-        let bytes = match codec::encode_for_store(&obj) {
+        let bytes = match codec::encode_stored_as(info, &obj) {
             Ok(b) => b,
             Err(e) => {
                 release(&alloc);
@@ -327,10 +339,11 @@ impl Objects {
             if self.store.get(&Self::key(info, ns, &name)).await.map_err(|e| store_error(info, &name, e))?.is_some() {
                 return Err(ApiError::already_exists(info.group, info.plural, &name));
             }
-            return Ok(obj);
+            return Ok(as_stored(info, obj));
         }
         match self.store.create(&Self::key(info, ns, &name), bytes).await {
             Ok(kv) => {
+                let mut obj = as_stored(info, obj);
                 codec::set_resource_version(&mut obj, kv.mod_revision);
                 Ok(obj)
             }
@@ -530,7 +543,7 @@ impl Objects {
         };
         if ctx.dry_run {
             release_new(&alloc);
-            return Ok(next);
+            return Ok(as_stored(info, next));
         }
         // The last finalizer removed from an object being deleted completes the delete.
         if meta::is_deleting(&next) && meta::finalizers(&next).is_empty() && !namespace_finalizers_pending(info, &next)
@@ -547,9 +560,10 @@ impl Objects {
                 Err(e) => Err(store_error(info, name, e)),
             };
         }
-        let bytes = codec::encode_for_store(&next)?;
+        let bytes = codec::encode_stored_as(info, &next)?;
         match self.store.update(&kv.key, bytes, kv.mod_revision).await {
             Ok(new_kv) => {
+                let mut next = as_stored(info, next);
                 if is_service {
                     // Release what the old version held and the new one no longer does.
                     let old = ipalloc::held(current);
@@ -716,7 +730,7 @@ impl Objects {
             if ctx.dry_run {
                 return Ok(Deleted::Pending(next));
             }
-            let bytes = codec::encode_for_store(&next)?;
+            let bytes = codec::encode_stored_as(info, &next)?;
             match self.store.update(&kv.key, bytes, kv.mod_revision).await {
                 Ok(kv) => {
                     codec::set_resource_version(&mut next, kv.mod_revision);

@@ -39,9 +39,14 @@ pub enum T {
 #[derive(Debug, Clone, Copy)]
 pub struct F {
     pub tag: u32,
+    /// The JSON name; "" for an embedded Go struct whose fields are inlined in the parent.
     pub json: &'static str,
     pub ty: T,
     pub repeated: bool,
+    /// Whether a zero value ("", 0, false) is kept. Go writes every non-pointer field, so a
+    /// zero on the wire usually means "unset" and is dropped, as Go's JSON encoding and
+    /// defaulting would treat it; required fields and pointer fields keep theirs.
+    pub keep_zero: bool,
 }
 
 /// A message type.
@@ -167,6 +172,10 @@ fn trim_float(v: f64) -> String {
 }
 
 fn timestamp(buf: &[u8], micro: bool) -> Result<Value, ApiError> {
+    if buf.is_empty() {
+        // Go writes a zero time as an empty message; its JSON form is null.
+        return Ok(Value::Null);
+    }
     let (mut secs, mut nanos) = (0i64, 0i64);
     for (n, p) in fields_of(buf)? {
         if let Payload::Varint(v) = p {
@@ -183,6 +192,15 @@ fn timestamp(buf: &[u8], micro: bool) -> Result<Value, ApiError> {
     } else {
         t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
     }))
+}
+
+fn is_zero(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.is_empty(),
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        _ => false,
+    }
 }
 
 /// Decodes one message into its JSON form.
@@ -289,6 +307,16 @@ fn decode_message(buf: &[u8], idx: u16, depth: u32) -> Result<Value, ApiError> {
                 a.extend(values);
             }
         } else if let Some(v) = values.into_iter().last() {
+            if f.json.is_empty() {
+                // An embedded Go struct (`json:",inline"`): its fields are the parent's.
+                if let Value::Object(m) = v {
+                    out.extend(m);
+                }
+                continue;
+            }
+            if v.is_null() || (!f.keep_zero && is_zero(&v)) {
+                continue;
+            }
             out.insert(f.json.to_string(), v);
         }
     }
@@ -336,10 +364,22 @@ pub fn decode(body: &[u8], definition: &str) -> Result<Value, ApiError> {
 mod tests {
     use super::*;
 
-    fn field(n: u32, payload: &[u8]) -> Vec<u8> {
-        let mut v = vec![((n << 3) | 2) as u8, payload.len() as u8];
-        v.extend_from_slice(payload);
+    fn varint(mut x: u64) -> Vec<u8> {
+        let mut v = Vec::new();
+        while x >= 0x80 {
+            v.push((x as u8) | 0x80);
+            x >>= 7;
+        }
+        v.push(x as u8);
         v
+    }
+
+    fn field(n: u32, payload: &[u8]) -> Vec<u8> {
+        [varint(((n << 3) | 2) as u64), varint(payload.len() as u64), payload.to_vec()].concat()
+    }
+
+    fn number(n: u32, x: u64) -> Vec<u8> {
+        [varint((n << 3) as u64), varint(x)].concat()
     }
 
     fn envelope(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {
@@ -374,6 +414,36 @@ mod tests {
             v,
             json!({"metadata": {"name": "cfg", "namespace": "ns"}, "data": {"a": "1"}, "binaryData": {"b": "/wA="}, "apiVersion": "v1", "kind": "ConfigMap"})
         );
+    }
+
+    #[test]
+    fn decodes_maps_of_quantities() {
+        // ResourceQuota{spec: {hard: {pods: 10, requests.cpu: 500m}}}, as `kubectl create quota` sends it.
+        let meta = field(1, b"q");
+        let pods = [field(1, b"pods"), field(2, &field(1, b"10"))].concat();
+        let cpu = [field(1, b"requests.cpu"), field(2, &field(1, b"500m"))].concat();
+        let spec = [field(1, &pods), field(1, &cpu)].concat();
+        let raw = [field(1, &meta), field(2, &spec)].concat();
+        let v = decode(&envelope("v1", "ResourceQuota", &raw), "io.k8s.api.core.v1.ResourceQuota").unwrap();
+        assert_eq!(v["spec"], json!({"hard": {"pods": "10", "requests.cpu": "500m"}}));
+    }
+
+    #[test]
+    fn go_zero_values_are_unset_and_embedded_structs_inline() {
+        // Go writes empty strings for unset non-pointer fields and nests embedded structs.
+        let volume = [field(1, b"v"), field(2, &field(19, &field(1, &field(1, b"cm"))))].concat();
+        let container = [field(1, b"c"), field(2, b"busybox"), field(14, b"")].concat();
+        let spec = [field(1, &volume), field(2, &container)].concat();
+        let raw = [field(1, &field(1, b"p")), field(2, &spec)].concat();
+        let v = decode(&envelope("v1", "Pod", &raw), "io.k8s.api.core.v1.Pod").unwrap();
+        assert_eq!(
+            v["spec"],
+            json!({"volumes": [{"name": "v", "configMap": {"name": "cm"}}], "containers": [{"name": "c", "image": "busybox"}]})
+        );
+        // A pointer field set to zero keeps its zero.
+        let raw = [field(1, &field(1, b"web")), field(2, &number(1, 0))].concat();
+        let v = decode(&envelope("apps/v1", "Deployment", &raw), "io.k8s.api.apps.v1.Deployment").unwrap();
+        assert_eq!(v["spec"], json!({"replicas": 0}));
     }
 
     #[test]
