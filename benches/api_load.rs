@@ -197,8 +197,10 @@ fn main() {
 
         // Gets of those objects.
         let (rate, lat) = load(&client, 600, move |w, i| ("GET", format!("/api/v1/namespaces/default/configmaps/cm-{w}-{}", i % per), Vec::new())).await;
+        eprintln!("  (server RSS after creates: {:.1} MiB)", rss_kib(pid) as f64 / 1024.0);
         println!("gets: {:.0}/s  p50 {:.2} ms  p99 {:.2} ms", rate, pct(&lat, 0.5).as_secs_f64() * 1e3, pct(&lat, 0.99).as_secs_f64() * 1e3);
 
+        eprintln!("  (server RSS after gets: {:.1} MiB)", rss_kib(pid) as f64 / 1024.0);
         // Watch fan-out: 100 watchers, 200 updates.
         let mut watchers = Vec::new();
         for _ in 0..100 {
@@ -251,10 +253,12 @@ fn main() {
         }
         let secs = (last - start).as_secs_f64();
         println!("watch fan-out: 100 watchers x 200 updates: {delivered} events delivered in {:.2} s ({:.0} events/s)", secs, delivered as f64 / secs);
+        eprintln!("  (server RSS after watch fan-out: {:.1} MiB)", rss_kib(pid) as f64 / 1024.0);
 
         // 10,000 pods, then list them.
         let (rate, _) = load(&client, 10_000 / CLIENTS + 1, |w, i| ("POST", "/api/v1/namespaces/default/pods".into(), pod(&format!("pod-{w}-{i}")))).await;
         println!("pod creates: {rate:.0}/s");
+        eprintln!("  (server RSS after pod creates: {:.1} MiB)", rss_kib(pid) as f64 / 1024.0);
         let mut conn = connect(&client).await;
         let mut times = Vec::new();
         let mut size = 0;

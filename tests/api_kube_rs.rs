@@ -115,3 +115,46 @@ fn watcher_sees_everything_and_recovers() {
     });
     assert!(s.log().contains("skiff API server is ready"));
 }
+
+/// A watch from resourceVersion 0 first sends every existing object once (read from the store
+/// in pages), and a watch pinned to one name sees only that object.
+#[test]
+fn watch_initial_events_cover_every_object_once() {
+    let s = Server::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let cms: Api<ConfigMap> = Api::namespaced(client(&s).await, "default");
+        let total = 1_200;
+        futures::stream::iter(0..total)
+            .for_each_concurrent(32, |i| {
+                let cms = cms.clone();
+                async move {
+                    cms.create(&PostParams::default(), &cm(&format!("cm-{i}"), "x")).await.unwrap();
+                }
+            })
+            .await;
+        let mut names = std::collections::HashSet::new();
+        let mut stream = cms.watch(&kube::api::WatchParams::default().timeout(10), "0").await.unwrap().boxed();
+        while names.len() < total {
+            match stream.try_next().await.unwrap() {
+                Some(kube::api::WatchEvent::Added(c)) => {
+                    assert!(names.insert(c.metadata.name.unwrap()), "an object was sent twice");
+                }
+                Some(other) => panic!("unexpected {other:?}"),
+                None => panic!("watch ended after {} of {total} objects", names.len()),
+            }
+        }
+        let pinned = kube::api::WatchParams::default().fields("metadata.name=cm-1").timeout(1);
+        let events: Vec<String> = cms
+            .watch(&pinned, "0")
+            .await
+            .unwrap()
+            .map(|e| match e.unwrap() {
+                kube::api::WatchEvent::Added(c) => c.metadata.name.unwrap(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+            .await;
+        assert_eq!(events, ["cm-1"]);
+    });
+}

@@ -109,6 +109,12 @@ fn apply_get_and_change() {
     assert_eq!(by_label.trim(), "configmap/cfg");
     let by_field = s.ok(&["get", "cm", "-A", "--field-selector", "metadata.name=cfg", "-o", "name"]);
     assert_eq!(by_field.trim(), "configmap/cfg");
+    // A pinned name reads one key; names that merely start with it must not match.
+    s.ok(&["create", "configmap", "cfg2", "-n", "demo"]);
+    let pinned = s.ok(&["get", "cm", "-n", "demo", "--field-selector", "metadata.name=cfg", "-o", "name"]);
+    assert_eq!(pinned.trim(), "configmap/cfg");
+    let pinned = s.ok(&["get", "ns", "--field-selector", "metadata.name=demo", "-o", "name"]);
+    assert_eq!(pinned.trim(), "namespace/demo");
     let all_ns = s.ok(&["get", "svc", "-A"]);
     assert!(all_ns.contains("default") && all_ns.contains("kubernetes") && all_ns.contains("demo"), "{all_ns}");
     // Pagination: kubectl follows continue tokens page by page.

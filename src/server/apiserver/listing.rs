@@ -141,6 +141,18 @@ impl ListOptions {
         })
     }
 
+    /// The store prefix to read: `prefix` narrowed to one object's key when the selectors pin
+    /// its name and the prefix pins its namespace (keys that merely start with the name are
+    /// filtered out by the selector afterwards).
+    pub fn read_prefix(&self, info: &ResourceInfo, prefix: &str, name: Option<&str>) -> String {
+        let name = name.or_else(|| self.fields.as_ref().and_then(|f| f.exact_name()));
+        match name {
+            Some(n) if !info.namespaced => info.key("", n),
+            Some(n) if prefix != info.prefix(None) => format!("{prefix}{n}"),
+            _ => prefix.to_string(),
+        }
+    }
+
     fn has_selectors(&self) -> bool {
         self.labels.as_ref().is_some_and(|l| !l.is_empty()) || self.fields.is_some()
     }
@@ -231,11 +243,12 @@ pub async fn list(
         }
     }
     let selectors = opts.has_selectors();
+    let read_prefix = opts.read_prefix(info, prefix, None);
     let mut page = ListPage::default();
     loop {
         let want = if opts.limit == 0 { 0 } else { opts.limit - page.items.len() };
         let fetch = if selectors && want > 0 { want.max(64) } else { want };
-        let r = store.range(prefix, after.as_deref(), fetch, at).await.map_err(|e| match e {
+        let r = store.range(&read_prefix, after.as_deref(), fetch, at).await.map_err(|e| match e {
             crate::server::store::StoreError::Compacted { .. } if opts.continue_token.is_some() => ApiError::expired(
                 "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
             ),
@@ -280,6 +293,9 @@ pub async fn list(
     }
     Ok(page)
 }
+
+/// Objects read per store range while a watch sends its initial events.
+const INITIAL_EVENTS_PAGE: usize = 500;
 
 /// What a watch sends.
 #[derive(Debug, Clone)]
@@ -338,24 +354,32 @@ pub async fn watch(
     };
     if initial {
         let list_opts = ListOptions { labels: opts.labels.clone(), fields: opts.fields.clone(), ..Default::default() };
-        let at = if rv.is_empty() || rv == "0" { None } else { Some(start) };
-        let range = store.range(&prefix, None, 0, at).await;
-        match range {
-            Ok(r) => {
-                start = r.revision;
-                for kv in r.kvs {
-                    let Ok(v) = codec::decode_stored_as(info, &kv.value, kv.mod_revision) else { continue };
-                    if !matches(&v) || !list_opts.matches(&v) {
-                        continue;
-                    }
-                    if !send(WatchFrame::Event { kind: "ADDED", object: v }).await {
-                        return;
-                    }
+        let mut at = if rv.is_empty() || rv == "0" { None } else { Some(start) };
+        let read_prefix = opts.read_prefix(info, &prefix, name_filter.as_deref());
+        // Pages keep the memory of many concurrent watch starts bounded.
+        let mut after: Option<String> = None;
+        loop {
+            let r = match store.range(&read_prefix, after.as_deref(), INITIAL_EVENTS_PAGE, at).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = send(WatchFrame::Error(store_error(info, "", e))).await;
+                    return;
+                }
+            };
+            start = r.revision;
+            at = Some(r.revision);
+            after = r.kvs.last().map(|kv| kv.key.clone());
+            for kv in r.kvs {
+                let Ok(v) = codec::decode_stored_as(info, &kv.value, kv.mod_revision) else { continue };
+                if !matches(&v) || !list_opts.matches(&v) {
+                    continue;
+                }
+                if !send(WatchFrame::Event { kind: "ADDED", object: v }).await {
+                    return;
                 }
             }
-            Err(e) => {
-                let _ = send(WatchFrame::Error(store_error(info, "", e))).await;
-                return;
+            if !r.more || after.is_none() {
+                break;
             }
         }
         if opts.send_initial_events == Some(true)
