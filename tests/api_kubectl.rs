@@ -407,6 +407,39 @@ fn server_side_apply_owns_its_fields() {
 }
 
 #[test]
+fn server_side_apply_shares_keyed_lists_between_managers() {
+    let s = Server::start();
+    let only = |name: &str, image: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: shared}}\nspec:\n  selector: {{matchLabels: {{app: s}}}}\n  template:\n    metadata: {{labels: {{app: s}}}}\n    spec:\n      containers:\n      - {{name: {name}, image: {image}}}\n"
+        )
+    };
+    let as_manager =
+        |m: &str, manifest: &str| s.apply_stdin(&["apply", "--server-side", "--field-manager", m, "-f", "-"], manifest);
+    let names = || s.ok(&["get", "deploy", "shared", "-o", "jsonpath={.spec.template.spec.containers[*].name}"]);
+    assert!(as_manager("alice", &only("a", "busybox")).status.success());
+    // Each manager owns its own items of a list keyed by name.
+    assert!(as_manager("bob", &only("b", "busybox")).status.success());
+    assert_eq!(names(), "a b");
+    // Applying an equal value co-owns it (bob drops b, which only he owned).
+    assert!(as_manager("bob", &only("a", "busybox")).status.success());
+    assert_eq!(names(), "a");
+    // A different value for a field someone else owns is a conflict naming the item.
+    let out = as_manager("bob", &only("a", "nginx"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"conflict with "alice" using apps/v1: .spec.template.spec.containers[name="a"].image"#),
+        "{err}"
+    );
+    // An item stays while anyone still applies it, and goes when the last owner drops it.
+    assert!(as_manager("alice", &only("c", "busybox")).status.success());
+    assert_eq!(names(), "a c");
+    assert!(as_manager("bob", &only("z", "busybox")).status.success());
+    assert_eq!(names(), "c z");
+}
+
+#[test]
 fn service_account_tokens_authenticate() {
     let s = Server::start();
     s.ok(&["create", "serviceaccount", "robot"]);

@@ -1,7 +1,7 @@
 //! Server-side apply: merging an applied configuration into the live object, with conflict
 //! detection against other field managers and removal of fields the applier dropped.
 //!
-//! Field sets are tracked per leaf (lists are atomic values), see `managed_fields`.
+//! Field sets are tracked per field and per list item, see `managed_fields`.
 
 use serde_json::{Value, json};
 
@@ -13,12 +13,35 @@ use crate::api::status::{ApiError, StatusCause, StatusDetails};
 
 use super::managed_fields::{self, Path};
 
+/// A path as upstream prints it in conflicts: `.spec.containers[name="a"].image`.
 fn path_string(p: &Path) -> String {
-    p.iter().map(|s| format!(".{s}")).collect()
+    p.iter()
+        .map(|s| {
+            if let Some(keys) = s.strip_prefix("k:") {
+                let fields = match serde_json::from_str::<Value>(keys) {
+                    Ok(Value::Object(m)) => m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                    _ => keys.to_string(),
+                };
+                format!("[{fields}]")
+            } else if let Some(v) = s.strip_prefix("v:") {
+                format!("[={v}]")
+            } else {
+                format!(".{s}")
+            }
+        })
+        .collect()
+}
+
+fn child_mut<'a>(cur: &'a mut Value, seg: &str) -> Option<&'a mut Value> {
+    if managed_fields::is_item(seg) {
+        cur.as_array_mut()?.iter_mut().find(|i| managed_fields::item_matches(seg, i))
+    } else {
+        cur.get_mut(seg)
+    }
 }
 
 fn get_path_mut<'a>(v: &'a mut Value, p: &Path) -> Option<&'a mut Value> {
-    p.iter().try_fold(v, |cur, k| cur.get_mut(k.as_str()))
+    p.iter().try_fold(v, |cur, k| child_mut(cur, k))
 }
 
 /// The definition of the object at `path` below a root definition, when the schemas know it.
@@ -28,14 +51,12 @@ fn definition_at(root: &'static str, path: &[String]) -> Option<&'static str> {
 
 fn remove_path(v: &mut Value, p: &Path) {
     let Some((last, parents)) = p.split_last() else { return };
-    let mut cur = v;
-    for k in parents {
-        match cur.get_mut(k.as_str()) {
-            Some(n) => cur = n,
-            None => return,
+    let Some(parent) = get_path_mut(v, &parents.to_vec()) else { return };
+    if managed_fields::is_item(last) {
+        if let Some(items) = parent.as_array_mut() {
+            items.retain(|i| !managed_fields::item_matches(last, i));
         }
-    }
-    if let Some(m) = cur.as_object_mut() {
+    } else if let Some(m) = parent.as_object_mut() {
         m.remove(last);
     }
 }
@@ -49,15 +70,18 @@ pub fn merge_applied(
     _api_version: &str,
     force: bool,
 ) -> Result<Value, ApiError> {
-    let applied_leaves = managed_fields::leaf_set(applied);
+    let applied_leaves = managed_fields::leaf_set(applied, info.definition);
     let entries = managed_fields::entries(current);
     let mut conflicts: Vec<(String, String, Path)> = Vec::new();
     for (m, op, av, set) in &entries {
         if m == manager && op == "Apply" {
             continue;
         }
-        for owned in set {
-            for a in applied_leaves.iter().filter(|a| managed_fields::overlaps(a, owned)) {
+        // Owning a list item's existence never conflicts: both managers want the item.
+        for owned in set.iter().filter(|p| !managed_fields::is_item_path(p)) {
+            for a in
+                applied_leaves.iter().filter(|a| !managed_fields::is_item_path(a) && managed_fields::overlaps(a, owned))
+            {
                 let want = managed_fields::get_path(applied, a);
                 let have = managed_fields::get_path(current, a);
                 if want != have && !conflicts.iter().any(|(cm, _, cp)| cm == m && cp == a) {
@@ -90,7 +114,10 @@ pub fn merge_applied(
     let mut base = current.clone();
     if let Some((_, _, _, previous)) = entries.iter().find(|(m, op, _, _)| m == manager && op == "Apply") {
         for p in previous.iter().filter(|p| !applied_leaves.contains(*p)) {
-            let shared = entries.iter().any(|(m, op, _, set)| !(m == manager && op == "Apply") && set.contains(p));
+            // Someone else owning the field, or anything inside it, keeps it.
+            let shared = entries
+                .iter()
+                .any(|(m, op, _, set)| !(m == manager && op == "Apply") && set.iter().any(|q| q.starts_with(p)));
             if !shared {
                 remove_path(&mut base, p);
             }

@@ -789,8 +789,12 @@ impl Objects {
 
 fn record_managed_fields(info: &ResourceInfo, obj: &mut Value, old: Option<&Value>, ctx: &WriteCtx) {
     match &ctx.apply {
-        Some(applied) => managed_fields::record_apply(obj, old, applied, &ctx.field_manager, &info.api_version()),
-        None => managed_fields::record_update(obj, old, &ctx.field_manager, &info.api_version(), "Update"),
+        Some(applied) => {
+            managed_fields::record_apply(obj, old, applied, info.definition, &ctx.field_manager, &info.api_version())
+        }
+        None => {
+            managed_fields::record_update(obj, old, info.definition, &ctx.field_manager, &info.api_version(), "Update")
+        }
     }
 }
 
