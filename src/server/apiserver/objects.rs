@@ -829,8 +829,15 @@ fn prepare_status_for_create(info: &ResourceInfo, obj: &mut Value) {
         ("", "namespaces") => {
             m.insert("status".into(), json!({"phase": "Active"}));
         }
-        ("", "services") => {
+        // Go's zero status, as upstream's JSON shows it (fields without omitempty).
+        ("", "services") | ("networking.k8s.io", "ingresses") => {
             m.insert("status".into(), json!({"loadBalancer": {}}));
+        }
+        ("policy", "poddisruptionbudgets") => {
+            m.insert(
+                "status".into(),
+                json!({"disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 0, "expectedPods": 0}),
+            );
         }
         ("", "persistentvolumes") | ("", "persistentvolumeclaims") => {
             m.insert("status".into(), json!({"phase": "Pending"}));
