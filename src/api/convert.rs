@@ -118,37 +118,37 @@ fn is_cpu_utilization(metric: &Value) -> bool {
         && metric.pointer("/resource/target/averageUtilization").is_some_and(|u| u.is_i64())
 }
 
+/// The CPU metric v1 names first, then the metrics the annotation carried; None when empty.
+fn cpu_first(cpu: Option<Value>, annotated: Option<Value>) -> Option<Value> {
+    let mut list: Vec<Value> = cpu.into_iter().collect();
+    if let Some(Value::Array(more)) = annotated {
+        list.extend(more);
+    }
+    (!list.is_empty()).then_some(Value::Array(list))
+}
+
 fn hpa_v1_to_v2(obj: &mut Value) {
     let extra_metrics = take_annotation(obj, METRICS_ANNOTATION);
     let current_metrics = take_annotation(obj, CURRENT_METRICS_ANNOTATION);
     let conditions = take_annotation(obj, CONDITIONS_ANNOTATION);
     let behavior = take_annotation(obj, BEHAVIOR_ANNOTATION);
     if let Some(spec) = obj.get_mut("spec").and_then(|s| s.as_object_mut()) {
-        let mut metrics = Vec::new();
-        if let Some(cpu) = spec.remove("targetCPUUtilizationPercentage").filter(|v| !v.is_null()) {
-            metrics.push(json!({"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": cpu}}}));
-        }
-        if let Some(Value::Array(more)) = extra_metrics {
-            metrics.extend(more);
-        }
-        if !metrics.is_empty() {
-            spec.insert("metrics".into(), Value::Array(metrics));
+        let cpu = spec.remove("targetCPUUtilizationPercentage").filter(|v| !v.is_null()).map(|cpu| {
+            json!({"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": cpu}}})
+        });
+        if let Some(metrics) = cpu_first(cpu, extra_metrics) {
+            spec.insert("metrics".into(), metrics);
         }
         if let Some(b) = behavior {
             spec.insert("behavior".into(), b);
         }
     }
     if let Some(status) = obj.get_mut("status").and_then(|s| s.as_object_mut()) {
-        let mut current = Vec::new();
-        if let Some(cpu) = status.remove("currentCPUUtilizationPercentage").filter(|v| !v.is_null()) {
-            current
-                .push(json!({"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": cpu}}}));
-        }
-        if let Some(Value::Array(more)) = current_metrics {
-            current.extend(more);
-        }
-        if !current.is_empty() {
-            status.insert("currentMetrics".into(), Value::Array(current));
+        let cpu = status.remove("currentCPUUtilizationPercentage").filter(|v| !v.is_null()).map(
+            |cpu| json!({"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": cpu}}}),
+        );
+        if let Some(current) = cpu_first(cpu, current_metrics) {
+            status.insert("currentMetrics".into(), current);
         }
         if let Some(c) = conditions {
             status.insert("conditions".into(), c);

@@ -174,12 +174,12 @@ impl FieldSelector {
         Ok(())
     }
 
-    /// Whether an object matches every requirement.
     /// The name every match must have (`metadata.name=x`), if the selector pins one.
     pub fn exact_name(&self) -> Option<&str> {
         self.reqs.iter().find(|r| r.field == "metadata.name" && r.equal).map(|r| r.value.as_str())
     }
 
+    /// Whether an object matches every requirement.
     pub fn matches(&self, obj: &Value) -> bool {
         self.reqs.iter().all(|r| {
             let vals = field_value(obj, &r.field);

@@ -367,13 +367,16 @@ fn selector_text(sel: Option<&Value>) -> String {
         Some(v) if v.get("matchLabels").is_some() || v.get("matchExpressions").is_some() => {
             crate::api::selector::LabelSelector::from_json(v).map(|l| l.to_string()).unwrap_or_default()
         }
-        Some(Value::Object(m)) => {
-            let mut parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
-            parts.sort();
-            parts.join(",")
-        }
+        Some(Value::Object(m)) => map_text(m),
         _ => String::new(),
     }
+}
+
+/// A string map as `k=v,k2=v2`, sorted.
+fn map_text(m: &serde_json::Map<String, Value>) -> String {
+    let mut parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+    parts.sort();
+    parts.join(",")
 }
 
 /// `RWO,ROX` as upstream abbreviates access modes.
@@ -398,14 +401,7 @@ fn volume_mode(obj: &Value) -> String {
 
 /// `k=v,k2=v2` (sorted), `<none>` when empty.
 fn labels_text(labels: Option<&Value>) -> String {
-    match labels.and_then(|l| l.as_object()) {
-        Some(m) if !m.is_empty() => {
-            let mut parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
-            parts.sort();
-            parts.join(",")
-        }
-        _ => "<none>".into(),
-    }
+    none_if_empty(labels.and_then(|l| l.as_object()).map(map_text).unwrap_or_default())
 }
 
 /// Both Event shapes (core/v1 and events.k8s.io/v1) in upstream's event columns.

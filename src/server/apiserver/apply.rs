@@ -40,7 +40,7 @@ fn child_mut<'a>(cur: &'a mut Value, seg: &str) -> Option<&'a mut Value> {
     }
 }
 
-fn get_path_mut<'a>(v: &'a mut Value, p: &Path) -> Option<&'a mut Value> {
+fn get_path_mut<'a>(v: &'a mut Value, p: &[String]) -> Option<&'a mut Value> {
     p.iter().try_fold(v, |cur, k| child_mut(cur, k))
 }
 
@@ -51,7 +51,7 @@ fn definition_at(root: &'static str, path: &[String]) -> Option<&'static str> {
 
 fn remove_path(v: &mut Value, p: &Path) {
     let Some((last, parents)) = p.split_last() else { return };
-    let Some(parent) = get_path_mut(v, &parents.to_vec()) else { return };
+    let Some(parent) = get_path_mut(v, parents) else { return };
     if managed_fields::is_item(last) {
         if let Some(items) = parent.as_array_mut() {
             items.retain(|i| !managed_fields::item_matches(last, i));

@@ -115,15 +115,6 @@ pub fn decode_stored_as(info: &ResourceInfo, stored: &[u8], rev: u64) -> Result<
     Ok(crate::api::convert::from_storage(info, v))
 }
 
-/// Encodes an object of `info`'s version in its storage version.
-pub fn encode_stored_as(info: &ResourceInfo, obj: &Value) -> Result<Bytes, ApiError> {
-    if crate::api::convert::converts(info) {
-        encode_for_store(&crate::api::convert::to_storage(info, obj.clone()))
-    } else {
-        encode_for_store(obj)
-    }
-}
-
 /// Sets `metadata.resourceVersion`.
 pub fn set_resource_version(obj: &mut Value, rev: u64) {
     if let Some(m) = obj.as_object_mut() {

@@ -187,11 +187,12 @@ pub async fn list(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
                 )
                 .as_bytes(),
             );
+            let converts = crate::api::convert::converts(c.info);
             for (i, item) in page.items.iter().enumerate() {
                 if i > 0 {
                     out.put_u8(b',');
                 }
-                if crate::api::convert::converts(c.info) {
+                if converts {
                     let v = item.decode(c.info)?;
                     serde_json::to_writer((&mut out).writer(), &v).map_err(ApiError::internal)?;
                 } else {

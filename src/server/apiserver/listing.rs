@@ -353,7 +353,6 @@ pub async fn watch(
         }
     };
     if initial {
-        let list_opts = ListOptions { labels: opts.labels.clone(), fields: opts.fields.clone(), ..Default::default() };
         let mut at = if rv.is_empty() || rv == "0" { None } else { Some(start) };
         let read_prefix = opts.read_prefix(info, &prefix, name_filter.as_deref());
         // Pages keep the memory of many concurrent watch starts bounded.
@@ -371,7 +370,7 @@ pub async fn watch(
             after = r.kvs.last().map(|kv| kv.key.clone());
             for kv in r.kvs {
                 let Ok(v) = codec::decode_stored_as(info, &kv.value, kv.mod_revision) else { continue };
-                if !matches(&v) || !list_opts.matches(&v) {
+                if !matches(&v) {
                     continue;
                 }
                 if !send(WatchFrame::Event { kind: "ADDED", object: v }).await {

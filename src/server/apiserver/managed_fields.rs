@@ -99,7 +99,8 @@ fn list_leaves(
     prefix: &mut Path,
     out: &mut BTreeSet<Path>,
 ) {
-    let segment = |item: &Value| match crate::api::patch::strategy::strategy_for(parent_def, field, items.first()) {
+    let strategy = crate::api::patch::strategy::strategy_for(parent_def, field, items.first());
+    let segment = |item: &Value| match strategy {
         ListStrategy::MergeByKey(key) => item.get(key).map(|k| format!("k:{}", json!({ key: k }))),
         ListStrategy::MergeScalars if !item.is_object() && !item.is_array() => Some(format!("v:{item}")),
         _ => None,

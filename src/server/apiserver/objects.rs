@@ -136,14 +136,16 @@ fn spec_part(obj: &Value) -> Map<String, Value> {
         .unwrap_or_default()
 }
 
-/// The object as a later read returns it: through the storage version and back, so that
-/// storage defaults show in the response of the write that set them.
-fn as_stored(info: &ResourceInfo, obj: Value) -> Value {
-    if crate::api::convert::converts(info) {
-        crate::api::convert::from_storage(info, crate::api::convert::to_storage(info, obj))
-    } else {
-        obj
+/// An object of `info`'s version as stored bytes, and as a later read returns it. Versions
+/// stored in another version are converted once, and the response is converted back from
+/// that, so storage defaults show in the response of the write that set them.
+fn for_store(info: &ResourceInfo, obj: Value) -> Result<(Bytes, Value), ApiError> {
+    if !crate::api::convert::converts(info) {
+        return Ok((codec::encode_for_store(&obj)?, obj));
     }
+    let stored = crate::api::convert::to_storage(info, obj);
+    let bytes = codec::encode_for_store(&stored)?;
+    Ok((bytes, crate::api::convert::from_storage(info, stored)))
 }
 
 fn kv_value(info: &ResourceInfo, kv: &KeyValue) -> Result<Value, ApiError> {
@@ -327,7 +329,7 @@ impl Objects {
                 self.alloc.release(a);
             }
         };
-        let bytes = match codec::encode_stored_as(info, &obj) {
+        let (bytes, mut obj) = match for_store(info, obj) {
             Ok(b) => b,
             Err(e) => {
                 release(&alloc);
@@ -339,11 +341,10 @@ impl Objects {
             if self.store.get(&Self::key(info, ns, &name)).await.map_err(|e| store_error(info, &name, e))?.is_some() {
                 return Err(ApiError::already_exists(info.group, info.plural, &name));
             }
-            return Ok(as_stored(info, obj));
+            return Ok(obj);
         }
         match self.store.create(&Self::key(info, ns, &name), bytes).await {
             Ok(kv) => {
-                let mut obj = as_stored(info, obj);
                 codec::set_resource_version(&mut obj, kv.mod_revision);
                 Ok(obj)
             }
@@ -541,9 +542,16 @@ impl Objects {
                 self.alloc.release(a);
             }
         };
+        let (bytes, mut next) = match for_store(info, next) {
+            Ok(b) => b,
+            Err(e) => {
+                release_new(&alloc);
+                return Err(e);
+            }
+        };
         if ctx.dry_run {
             release_new(&alloc);
-            return Ok(as_stored(info, next));
+            return Ok(next);
         }
         // The last finalizer removed from an object being deleted completes the delete.
         if meta::is_deleting(&next) && meta::finalizers(&next).is_empty() && !namespace_finalizers_pending(info, &next)
@@ -560,10 +568,8 @@ impl Objects {
                 Err(e) => Err(store_error(info, name, e)),
             };
         }
-        let bytes = codec::encode_stored_as(info, &next)?;
         match self.store.update(&kv.key, bytes, kv.mod_revision).await {
             Ok(new_kv) => {
-                let mut next = as_stored(info, next);
                 if is_service {
                     // Release what the old version held and the new one no longer does.
                     let old = ipalloc::held(current);
@@ -730,7 +736,7 @@ impl Objects {
             if ctx.dry_run {
                 return Ok(Deleted::Pending(next));
             }
-            let bytes = codec::encode_stored_as(info, &next)?;
+            let (bytes, mut next) = for_store(info, next)?;
             match self.store.update(&kv.key, bytes, kv.mod_revision).await {
                 Ok(kv) => {
                     codec::set_resource_version(&mut next, kv.mod_revision);
