@@ -32,6 +32,8 @@ enum Command {
     /// Run the control plane (API server and its store).
     #[command(args_override_self = true)]
     Server(Box<ServerFlags>),
+    /// Run simulated nodes (no containers) against a cluster, for tests and benchmarks.
+    Sim(Box<crate::sim::config::SimFlags>),
     /// Run the kubectl found on PATH with KUBECONFIG set to skiff's admin kubeconfig.
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -58,6 +60,7 @@ pub fn run() -> i32 {
     match parse(args) {
         Ok(Parsed::Server(cfg)) => crate::server::run_blocking(*cfg),
         Ok(Parsed::Kubectl(args)) => run_kubectl(args),
+        Ok(Parsed::Sim(flags)) => crate::sim::config::run_blocking(*flags),
         Ok(Parsed::Exit(code)) => code,
         Err(e) => {
             eprintln!("skiff: {e}");
@@ -71,6 +74,7 @@ pub fn run() -> i32 {
 pub enum Parsed {
     Server(Box<ServerConfig>),
     Kubectl(Vec<OsString>),
+    Sim(Box<crate::sim::config::SimFlags>),
     /// `--help` or `--version` was printed.
     Exit(i32),
 }
@@ -108,6 +112,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed, CliError> {
             Ok(Parsed::Server(Box::new(cfg)))
         }
         Command::Kubectl { args } => Ok(Parsed::Kubectl(args)),
+        Command::Sim(flags) => Ok(Parsed::Sim(flags)),
     }
 }
 

@@ -7,4 +7,6 @@
 pub mod api;
 pub mod cli;
 pub mod pki;
+pub mod runtime;
 pub mod server;
+pub mod sim;

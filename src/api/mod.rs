@@ -12,6 +12,7 @@ pub mod field_error;
 pub mod field_selector;
 pub mod meta;
 pub mod patch;
+pub mod quantity;
 pub mod registry;
 pub mod schema;
 pub mod selector;

@@ -103,9 +103,14 @@ pub trait Authorizer: Send + Sync {
     fn authorize(&self, user: &UserInfo, req: &RequestInfo) -> Decision;
 }
 
-/// The authorizer until RBAC lands: `system:masters` may do everything, others nothing
-/// except discovery, health and their own identity reviews.
+/// The authorizer until RBAC lands: `system:masters` and the in-process control-plane
+/// components may do everything, others nothing except discovery, health and their own
+/// identity reviews.
 pub struct MastersOnly;
+
+/// Identities of the components `skiff server` runs in-process (upstream binds each to its own
+/// `system:kube-*` ClusterRole; RBAC will narrow them the same way).
+pub const CONTROL_PLANE_USERS: &[&str] = &["system:kube-scheduler", "system:kube-controller-manager"];
 
 /// Requests any authenticated user may make (upstream grants these through the
 /// `system:discovery`, `system:basic-user` and `system:public-info-viewer` roles).
@@ -124,7 +129,10 @@ fn is_basic_request(req: &RequestInfo) -> bool {
 
 impl Authorizer for MastersOnly {
     fn authorize(&self, user: &UserInfo, req: &RequestInfo) -> Decision {
-        if user.groups.iter().any(|g| g == MASTERS) || is_basic_request(req) {
+        if user.groups.iter().any(|g| g == MASTERS)
+            || CONTROL_PLANE_USERS.contains(&user.name.as_str())
+            || is_basic_request(req)
+        {
             Decision::Allow
         } else {
             Decision::Deny(String::new())

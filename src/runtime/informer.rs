@@ -1,0 +1,175 @@
+//! Shared informers: one list+watch per resource type, a cache every component reads, and a
+//! broadcast of changes to every subscriber.
+//!
+//! An [`Informer`] runs kube-runtime's `watcher` (which relists after a `410 Gone` and backs off
+//! on errors) into a reflector [`Store`]. Subscribers get [`Change`]s; a subscriber that falls
+//! behind, and every subscriber after a relist, gets [`Change::Resync`] and must treat every
+//! cached object as changed. [`Informers`] hands out one informer per type, created on first use.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// Buffered changes per subscriber before it is told to resync.
+const CHANGE_BUFFER: usize = 16 * 1024;
+
+/// One change seen by an informer.
+#[derive(Debug)]
+pub enum Change<K> {
+    /// The object was created or updated; this is its new state.
+    Applied(Arc<K>),
+    /// The object was deleted; this is its last known state.
+    Deleted(Arc<K>),
+    /// The cache was rebuilt (first list, relist, or this subscriber lagged): every cached
+    /// object may have changed, and objects may have vanished without a `Deleted`.
+    Resync,
+}
+
+impl<K> Clone for Change<K> {
+    fn clone(&self) -> Self {
+        match self {
+            Change::Applied(o) => Change::Applied(o.clone()),
+            Change::Deleted(o) => Change::Deleted(o.clone()),
+            Change::Resync => Change::Resync,
+        }
+    }
+}
+
+/// Bounds every cached kind meets.
+pub trait Cached:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+}
+impl<K> Cached for K where K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {}
+
+/// A watched, cached resource type.
+pub struct Informer<K: Cached> {
+    store: Store<K>,
+    changes: broadcast::Sender<Change<K>>,
+}
+
+impl<K: Cached> Informer<K>
+where
+    K::DynamicType: Eq + Hash + Clone + Default,
+{
+    /// Starts watching `api` until `cancel` fires.
+    pub fn spawn(api: Api<K>, config: watcher::Config, cancel: CancellationToken) -> Arc<Self> {
+        let (store, mut writer) = reflector::store::<K>();
+        let (changes, _) = broadcast::channel(CHANGE_BUFFER);
+        let informer = Arc::new(Informer { store, changes });
+        let me = informer.clone();
+        tokio::spawn(async move {
+            let mut events = watcher(api, config).default_backoff().boxed();
+            loop {
+                let event = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    e = events.next() => e,
+                };
+                let Some(event) = event else { return };
+                let event = match event {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::debug!(kind = %K::kind(&()), error = %e, "watch failed; retrying");
+                        continue;
+                    }
+                };
+                writer.apply_watcher_event(&event);
+                let change = match event {
+                    watcher::Event::Apply(o) => match me.store.get(&ObjectRef::from_obj(&o)) {
+                        Some(cached) => Change::Applied(cached),
+                        None => Change::Applied(Arc::new(o)),
+                    },
+                    watcher::Event::Delete(o) => Change::Deleted(Arc::new(o)),
+                    watcher::Event::InitDone => Change::Resync,
+                    watcher::Event::Init | watcher::Event::InitApply(_) => continue,
+                };
+                let _ = me.changes.send(change);
+            }
+        });
+        informer
+    }
+}
+
+impl<K: Cached> Informer<K> {
+    /// The cache (readers never block the watch).
+    pub fn store(&self) -> &Store<K> {
+        &self.store
+    }
+
+    /// A new subscriber; it first sees the changes after this call.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change<K>> {
+        self.changes.subscribe()
+    }
+
+    /// Waits until the first list has filled the cache.
+    pub async fn synced(&self) {
+        let _ = self.store.wait_until_ready().await;
+    }
+
+    /// The cached object `name` in `namespace` ("" for cluster-scoped kinds).
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        let mut r = ObjectRef::<K>::new(name);
+        if !namespace.is_empty() {
+            r = r.within(namespace);
+        }
+        self.store.get(&r)
+    }
+
+    /// Every cached object.
+    pub fn list(&self) -> Vec<Arc<K>> {
+        self.store.state()
+    }
+}
+
+/// Receives the next change; a lagged receiver is turned into [`Change::Resync`]. `None` when
+/// the informer stopped.
+pub async fn next_change<K>(rx: &mut broadcast::Receiver<Change<K>>) -> Option<Change<K>>
+where
+    Change<K>: Clone,
+{
+    match rx.recv().await {
+        Ok(c) => Some(c),
+        Err(broadcast::error::RecvError::Lagged(_)) => Some(Change::Resync),
+        Err(broadcast::error::RecvError::Closed) => None,
+    }
+}
+
+/// One informer per type, shared by every component of a process.
+pub struct Informers {
+    client: Client,
+    cancel: CancellationToken,
+    started: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+}
+
+impl Informers {
+    pub fn new(client: Client, cancel: CancellationToken) -> Arc<Self> {
+        Arc::new(Informers { client, cancel, started: Mutex::new(HashMap::new()) })
+    }
+
+    /// The client the informers watch with.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The informer of `K` over all namespaces, started on first use.
+    pub fn get<K: Cached>(&self) -> Arc<Informer<K>> {
+        let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = started.get(&TypeId::of::<K>()).and_then(|a| a.clone().downcast::<Informer<K>>().ok()) {
+            return i;
+        }
+        let api = Api::<K>::all(self.client.clone());
+        let informer = Informer::spawn(api, watcher::Config::default(), self.cancel.child_token());
+        started.insert(TypeId::of::<K>(), informer.clone());
+        informer
+    }
+}
