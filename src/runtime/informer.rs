@@ -10,7 +10,10 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use futures::StreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -56,6 +59,54 @@ impl<K> Cached for K where K: Resource<DynamicType = ()> + Clone + DeserializeOw
 pub struct Informer<K: Cached> {
     store: Store<K>,
     changes: broadcast::Sender<Change<K>>,
+    index: RwLock<Index>,
+}
+
+/// Object names by namespace and by the UID of their controller (the owner reference with
+/// `controller: true`), so controllers find their objects without scanning the cache.
+#[derive(Default)]
+struct Index {
+    /// namespace → names
+    by_namespace: HashMap<String, HashSet<String>>,
+    /// controller UID → (namespace, name)
+    by_controller: HashMap<String, HashSet<(String, String)>>,
+    /// (namespace, name) → controller UID, to undo an entry when the object changes
+    controller_of: HashMap<(String, String), String>,
+}
+
+fn controller_uid(meta: &ObjectMeta) -> Option<&str> {
+    meta.owner_references.iter().flatten().find(|o| o.controller == Some(true)).map(|o| o.uid.as_str())
+}
+
+impl Index {
+    fn remove(&mut self, ns: &str, name: &str) {
+        if let Some(set) = self.by_namespace.get_mut(ns) {
+            set.remove(name);
+            if set.is_empty() {
+                self.by_namespace.remove(ns);
+            }
+        }
+        let key = (ns.to_string(), name.to_string());
+        if let Some(uid) = self.controller_of.remove(&key) {
+            if let Some(set) = self.by_controller.get_mut(&uid) {
+                set.remove(&key);
+                if set.is_empty() {
+                    self.by_controller.remove(&uid);
+                }
+            }
+        }
+    }
+
+    fn put(&mut self, meta: &ObjectMeta) {
+        let ns = meta.namespace.clone().unwrap_or_default();
+        let name = meta.name.clone().unwrap_or_default();
+        self.remove(&ns, &name);
+        self.by_namespace.entry(ns.clone()).or_default().insert(name.clone());
+        if let Some(uid) = controller_uid(meta) {
+            self.by_controller.entry(uid.to_string()).or_default().insert((ns.clone(), name.clone()));
+            self.controller_of.insert((ns, name), uid.to_string());
+        }
+    }
 }
 
 impl<K: Cached> Informer<K>
@@ -66,7 +117,7 @@ where
     pub fn spawn(api: Api<K>, config: watcher::Config, cancel: CancellationToken) -> Arc<Self> {
         let (store, mut writer) = reflector::store::<K>();
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
-        let informer = Arc::new(Informer { store, changes });
+        let informer = Arc::new(Informer { store, changes, index: Default::default() });
         let me = informer.clone();
         tokio::spawn(async move {
             let mut events = watcher(api, config).default_backoff().boxed();
@@ -84,6 +135,21 @@ where
                     }
                 };
                 writer.apply_watcher_event(&event);
+                match &event {
+                    watcher::Event::Apply(o) => me.index_write().put(o.meta()),
+                    watcher::Event::Delete(o) => {
+                        let m = o.meta();
+                        me.index_write().remove(m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""));
+                    }
+                    watcher::Event::InitDone => {
+                        let mut index = Index::default();
+                        for o in me.store.state() {
+                            index.put(o.meta());
+                        }
+                        *me.index_write() = index;
+                    }
+                    _ => {}
+                }
                 let change = match event {
                     watcher::Event::Apply(o) => match me.store.get(&ObjectRef::from_obj(&o)) {
                         Some(cached) => Change::Applied(cached),
@@ -101,6 +167,28 @@ where
 }
 
 impl<K: Cached> Informer<K> {
+    fn index_write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn index_read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every cached object in `namespace`.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<K>> {
+        let names: Vec<String> =
+            self.index_read().by_namespace.get(namespace).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        names.iter().filter_map(|n| self.get(namespace, n)).collect()
+    }
+
+    /// Every cached object whose controller has `uid`.
+    pub fn controlled_by(&self, uid: &str) -> Vec<Arc<K>> {
+        let keys: Vec<(String, String)> =
+            self.index_read().by_controller.get(uid).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        keys.iter().filter_map(|(ns, n)| self.get(ns, n)).collect()
+    }
+
     /// The cache (readers never block the watch).
     pub fn store(&self) -> &Store<K> {
         &self.store

@@ -6,6 +6,8 @@
 
 pub mod apiserver;
 pub mod config;
+pub mod inproc;
+pub mod scheduler;
 pub mod store;
 
 use std::net::SocketAddr;
