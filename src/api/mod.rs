@@ -1,10 +1,12 @@
 //! The object machinery every component shares: the resource registry, `Status` errors,
-//! metadata helpers, selectors, patches, defaulting, validation and table printing.
+//! metadata helpers, selectors, patches, defaulting, validation, cron schedules and table
+//! printing.
 //!
 //! Objects are `serde_json::Value`s here; typed k8s-openapi structs are used only to check
 //! shapes and to generate schemas. Nothing in this room performs I/O.
 
 pub mod convert;
+pub mod cron;
 pub mod decode;
 pub mod defaults;
 pub mod duplicates;

@@ -6,6 +6,7 @@
 
 mod kinds;
 pub mod names;
+mod scheduling;
 
 use serde_json::{Value, json};
 
@@ -148,13 +149,14 @@ pub fn validate_object_meta(meta: &Value, namespaced: bool, kind: NameKind) -> V
 /// Checks a new object.
 pub fn validate_create(info: &ResourceInfo, obj: &Value) -> Vec<FieldError> {
     let mut errs = validate_object_meta(obj.get("metadata").unwrap_or(&Value::Null), info.namespaced, name_kind(info));
-    errs.extend(kinds::validate(info, obj));
+    errs.extend(kinds::validate(info, obj, None));
     errs
 }
 
 /// Checks an update against the stored object.
 pub fn validate_update(info: &ResourceInfo, new: &Value, old: &Value) -> Vec<FieldError> {
-    let mut errs = validate_create(info, new);
+    let mut errs = validate_object_meta(new.get("metadata").unwrap_or(&Value::Null), info.namespaced, name_kind(info));
+    errs.extend(kinds::validate(info, new, Some(old)));
     errs.extend(kinds::immutable(info, new, old));
     errs
 }

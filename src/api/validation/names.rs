@@ -78,7 +78,8 @@ pub fn qualified_name(s: &str) -> Vec<String> {
     } else if name.len() > 63 {
         errs.push("name part must be no more than 63 characters".to_string());
     }
-    if !name.is_empty() && !name_part_ok(name) {
+    // Upstream checks the pattern even when the name part is empty, so "" gets both messages.
+    if !name_part_ok(name) {
         errs.push("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')".to_string());
     }
     errs
