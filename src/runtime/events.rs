@@ -96,13 +96,7 @@ async fn write_loop(client: Client, component: String, host: String, mut rx: mps
     }
 }
 
-async fn write_one(
-    client: Client,
-    component: &str,
-    host: &str,
-    p: Pending,
-    seen: &Mutex<HashMap<String, Folded>>,
-) {
+async fn write_one(client: Client, component: &str, host: &str, p: Pending, seen: &Mutex<HashMap<String, Folded>>) {
     let namespace = p.regarding.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into());
     let api: Api<Event> = Api::namespaced(client, &namespace);
     let now = Time(chrono::Utc::now());

@@ -8,9 +8,9 @@
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -49,10 +49,7 @@ impl<K> Clone for Change<K> {
 }
 
 /// Bounds every cached kind meets.
-pub trait Cached:
-    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
-{
-}
+pub trait Cached: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {}
 impl<K> Cached for K where K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {}
 
 /// A watched, cached resource type.

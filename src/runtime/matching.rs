@@ -39,7 +39,8 @@ pub fn selector_matches_opt(sel: Option<&LabelSelector>, labels: &BTreeMap<Strin
 
 /// Whether the selector selects nothing at all (an empty selector selects everything).
 pub fn selector_is_empty(sel: &LabelSelector) -> bool {
-    sel.match_labels.as_ref().is_none_or(|m| m.is_empty()) && sel.match_expressions.as_ref().is_none_or(|e| e.is_empty())
+    sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && sel.match_expressions.as_ref().is_none_or(|e| e.is_empty())
 }
 
 fn requirement_matches(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
@@ -98,7 +99,10 @@ pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
 
 /// The first taint with one of `effects` that no toleration tolerates.
 pub fn untolerated<'a>(taints: &'a [Taint], tolerations: &[Toleration], effects: &[&str]) -> Option<&'a Taint> {
-    taints.iter().filter(|t| effects.contains(&t.effect.as_str())).find(|t| !tolerations.iter().any(|tol| tolerates(tol, t)))
+    taints
+        .iter()
+        .filter(|t| effects.contains(&t.effect.as_str()))
+        .find(|t| !tolerations.iter().any(|tol| tolerates(tol, t)))
 }
 
 #[cfg(test)]
@@ -141,7 +145,8 @@ mod tests {
         assert!(!node_term_matches(&term, &labels(&[("cores", "2")]), "n"));
         assert!(!node_term_matches(&NodeSelectorTerm::default(), &labels(&[]), "n"));
 
-        let taint = Taint { key: "dedicated".into(), value: Some("gpu".into()), effect: "NoSchedule".into(), time_added: None };
+        let taint =
+            Taint { key: "dedicated".into(), value: Some("gpu".into()), effect: "NoSchedule".into(), time_added: None };
         let equal = Toleration {
             key: Some("dedicated".into()),
             operator: Some("Equal".into()),

@@ -70,6 +70,18 @@ pub struct ServerFlags {
     /// Seconds between store compactions [default: 60]
     #[arg(long, env = "SKIFF_STORE_COMPACT_INTERVAL", value_name = "SECONDS", hide = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub store_compact_interval: Option<u64>,
+    /// Do not run the scheduler
+    #[arg(long, env = "SKIFF_DISABLE_SCHEDULER")]
+    pub disable_scheduler: bool,
+    /// Do not run this controller (repeatable; see ARCHITECTURE.md for the names)
+    #[arg(long = "disable-controller", env = "SKIFF_DISABLE_CONTROLLER", value_name = "NAME", value_delimiter = ',')]
+    pub disable_controller: Vec<String>,
+    /// Prefix length of each node's pod range within the cluster CIDR [default: 24]
+    #[arg(long, env = "SKIFF_NODE_CIDR_MASK_SIZE", value_name = "BITS")]
+    pub node_cidr_mask_size: Option<u8>,
+    /// Seconds without a heartbeat before a node is NotReady [default: 40]
+    #[arg(long, env = "SKIFF_NODE_MONITOR_GRACE_PERIOD", value_name = "SECONDS", hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub node_monitor_grace_period: Option<u64>,
     /// Log verbosity, 0-10 [default: 0]
     #[arg(short = 'v', env = "SKIFF_V", value_name = "LEVEL", value_parser = clap::value_parser!(u8).range(0..=10))]
     pub v: Option<u8>,
@@ -95,6 +107,10 @@ pub struct ServerConfig {
     pub verbosity: u8,
     pub store_history_window: u64,
     pub store_compact_interval: std::time::Duration,
+    pub disable_scheduler: bool,
+    pub disable_controllers: Vec<String>,
+    pub node_cidr_mask_size: u8,
+    pub node_monitor_grace_period: std::time::Duration,
 }
 
 /// `/etc/skiff/skiff.yaml` for root, `~/.skiff/skiff.yaml` otherwise.
@@ -181,6 +197,23 @@ impl ServerConfig {
         {
             return Err("invalid value \"\" for --token: must not be empty".into());
         }
+        for name in &f.disable_controller {
+            if !crate::server::controllers::NAMES.contains(&name.as_str()) {
+                return Err(format!(
+                    "invalid value \"{name}\" for --disable-controller: not a controller; known: {}",
+                    crate::server::controllers::NAMES.join(", ")
+                ));
+            }
+        }
+        let prefix = cluster_cidr.prefix_len();
+        let max_len = cluster_cidr.max_prefix_len();
+        let node_cidr_mask_size = f.node_cidr_mask_size.unwrap_or(if max_len == 32 { 24 } else { 64 });
+        if node_cidr_mask_size < prefix || node_cidr_mask_size > max_len.saturating_sub(2) {
+            return Err(format!(
+                "invalid value \"{node_cidr_mask_size}\" for --node-cidr-mask-size: must be between {prefix} (the cluster CIDR's) and {}",
+                max_len.saturating_sub(2)
+            ));
+        }
         Ok(ServerConfig {
             data_dir,
             bind_address: f.bind_address.unwrap_or_else(|| "0.0.0.0".parse().expect("literal")),
@@ -199,6 +232,10 @@ impl ServerConfig {
             verbosity: f.v.unwrap_or(0),
             store_history_window: f.store_history_window.unwrap_or(10_000),
             store_compact_interval: std::time::Duration::from_secs(f.store_compact_interval.unwrap_or(60)),
+            disable_scheduler: f.disable_scheduler,
+            disable_controllers: f.disable_controller,
+            node_cidr_mask_size,
+            node_monitor_grace_period: std::time::Duration::from_secs(f.node_monitor_grace_period.unwrap_or(40)),
         })
     }
 

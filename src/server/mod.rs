@@ -6,6 +6,7 @@
 
 pub mod apiserver;
 pub mod config;
+pub mod controllers;
 pub mod inproc;
 pub mod scheduler;
 pub mod store;
@@ -161,13 +162,61 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         elapsed_ms = started.elapsed().as_millis() as u64,
         "skiff API server is ready",
     );
+    let components = start_components(&cfg, &api, &pki.ca_pem, &hostname, &shutdown);
     notify_ready();
 
     shutdown.cancelled().await;
+    for c in components {
+        let _ = tokio::time::timeout(Duration::from_secs(4), c).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(4), serving).await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the scheduler and the controllers as in-process API clients, each behind its own
+/// leader election; returns their tasks, which end after `shutdown`.
+fn start_components(
+    cfg: &ServerConfig,
+    api: &Arc<apiserver::ApiServer>,
+    ca_pem: &str,
+    hostname: &str,
+    shutdown: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use std::hash::{Hash, Hasher};
+    // The same server (data dir) keeps its identity across restarts, so it takes its own
+    // Lease back at once instead of waiting for it to expire.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    cfg.data_dir.hash(&mut h);
+    let identity = format!("{hostname}_{:016x}", h.finish());
+    let cm_client = inproc::client(api.clone(), "system:kube-controller-manager");
+    let informers = crate::runtime::Informers::new(cm_client.clone(), shutdown.child_token());
+    let mut tasks = Vec::new();
+
+    let ctx = Arc::new(controllers::Ctx {
+        client: cm_client.clone(),
+        informers: informers.clone(),
+        host: hostname.to_string(),
+        cluster_cidr: cfg.cluster_cidr,
+        node_cidr_mask: cfg.node_cidr_mask_size,
+        node_monitor_grace: cfg.node_monitor_grace_period,
+        ca_pem: ca_pem.to_string(),
+    });
+    let disabled = cfg.disable_controllers.clone();
+    let elector = crate::runtime::leader::Elector::new(cm_client, "kube-controller-manager", &identity);
+    tasks.push(tokio::spawn(
+        elector.run(shutdown.clone(), move |term| controllers::run(ctx.clone(), disabled.clone(), term)),
+    ));
+
+    if !cfg.disable_scheduler {
+        let client = inproc::client(api.clone(), "system:kube-scheduler");
+        let elector = crate::runtime::leader::Elector::new(client.clone(), "kube-scheduler", &identity);
+        tasks.push(tokio::spawn(
+            elector.run(shutdown.clone(), move |term| scheduler::run(client.clone(), informers.clone(), term)),
+        ));
+    }
+    tasks
 }
 
 fn restrict_dir(p: &std::path::Path) {

@@ -81,7 +81,10 @@ impl SimFlags {
             .collect::<Result<Vec<_>, _>>()?;
         let taints = self.node_taint.iter().map(|t| parse_taint(t)).collect::<Result<Vec<_>, _>>()?;
         let job_duration = super::parse_duration(&self.job_duration).ok_or_else(|| {
-            format!("invalid value \"{}\" for --job-duration: expected a duration such as 5s or 500ms", self.job_duration)
+            format!(
+                "invalid value \"{}\" for --job-duration: expected a duration such as 5s or 500ms",
+                self.job_duration
+            )
         })?;
         Ok(SimConfig {
             nodes: self.nodes,

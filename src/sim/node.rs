@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    NodeDaemonEndpoints, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
@@ -111,10 +111,7 @@ pub async fn register(client: &Client, cfg: &SimConfig, name: &str) -> Result<()
     labels.extend(cfg.labels.iter().cloned());
     let node = Node {
         metadata: ObjectMeta { name: Some(name.into()), labels: Some(labels), ..Default::default() },
-        spec: Some(NodeSpec {
-            taints: (!cfg.taints.is_empty()).then(|| cfg.taints.clone()),
-            ..Default::default()
-        }),
+        spec: Some(NodeSpec { taints: (!cfg.taints.is_empty()).then(|| cfg.taints.clone()), ..Default::default() }),
         status: None,
     };
     match nodes.create(&PostParams::default(), &node).await {

@@ -163,7 +163,8 @@ impl Sim {
         if let Some(d) = annotation(pod, RUN_FOR_ANNOTATION).and_then(super::parse_duration) {
             return Some(d);
         }
-        let of_job = pod.metadata.owner_references.iter().flatten().any(|o| o.kind == "Job" && o.controller == Some(true));
+        let of_job =
+            pod.metadata.owner_references.iter().flatten().any(|o| o.kind == "Job" && o.controller == Some(true));
         of_job.then_some(self.cfg.job_duration)
     }
 

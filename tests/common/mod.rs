@@ -336,3 +336,112 @@ pub mod reqwest_like {
         }
     }
 }
+
+/// A running `skiff sim` (simulated nodes); killed (SIGKILL) when dropped, so its nodes stop
+/// heartbeating as a box that lost power would.
+pub struct Sim {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Sim {
+    /// The simulator's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the simulator (its nodes stop heartbeating).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Server {
+    /// Starts `skiff sim` with `args` (e.g. `--nodes 3 --node-prefix a-`) against this server and
+    /// waits until its nodes are Ready.
+    pub fn sim(&self, args: &[&str]) -> Sim {
+        let n = std::fs::read_dir(self.dir.path()).map(|d| d.count()).unwrap_or(0);
+        let log = self.dir.path().join(format!("sim-{n}.log"));
+        let file = std::fs::File::create(&log).expect("sim log");
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .arg("sim")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start skiff sim");
+        let sim = Sim { child: Some(child), log };
+        let nodes: u32 = args
+            .iter()
+            .position(|a| *a == "--nodes")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        let prefix = args
+            .iter()
+            .position(|a| *a == "--node-prefix")
+            .and_then(|i| args.get(i + 1))
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "sim-".into());
+        self.wait_for(&format!("{nodes} simulated nodes {prefix}* Ready with a podCIDR"), Duration::from_secs(30), || {
+            let out = self.kubectl(&[
+                "get",
+                "nodes",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name} {.spec.podCIDR} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+            ]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let ready = text
+                .lines()
+                .filter(|l| l.starts_with(&prefix) && l.split_whitespace().count() == 3 && l.ends_with("True"))
+                .count();
+            ready as u32 >= nodes
+        });
+        sim
+    }
+
+    /// Polls `check` every 200 ms until it holds; panics naming `what` (with the server log)
+    /// after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if check() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let log = self.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; server log tail:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `kubectl get ARGS -o json`, parsed.
+    pub fn get_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["get"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&self.ok(&full)).expect("kubectl json")
+    }
+
+    /// Applies a manifest, panicking with kubectl's error on failure.
+    pub fn apply(&self, manifest: &str) {
+        let out = self.apply_stdin(&["apply", "-f", "-"], manifest);
+        assert!(out.status.success(), "kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}

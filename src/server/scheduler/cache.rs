@@ -56,9 +56,9 @@ pub fn host_ports(pod: &Pod) -> Vec<HostPort> {
 /// Whether a pod's host ports collide with those already taken.
 pub fn ports_conflict(taken: &[HostPort], wanted: &[HostPort]) -> bool {
     wanted.iter().any(|(proto, ip, port)| {
-        taken.iter().any(|(p2, ip2, port2)| {
-            port == port2 && proto == p2 && (ip == ip2 || ip == "0.0.0.0" || ip2 == "0.0.0.0")
-        })
+        taken
+            .iter()
+            .any(|(p2, ip2, port2)| port == port2 && proto == p2 && (ip == ip2 || ip == "0.0.0.0" || ip2 == "0.0.0.0"))
     })
 }
 

@@ -92,12 +92,7 @@ pub struct Cycle<'a> {
     pub soft_spread: Vec<Spread>,
 }
 
-fn spread(
-    pod: &Pod,
-    c: &TopologySpreadConstraint,
-    cache: &Cache,
-    node_of: &HashMap<&str, &Node>,
-) -> Spread {
+fn spread(pod: &Pod, c: &TopologySpreadConstraint, cache: &Cache, node_of: &HashMap<&str, &Node>) -> Spread {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("");
     let mut sel = c.label_selector.clone().unwrap_or_default();
     let own = labels_of(pod);
@@ -196,11 +191,7 @@ impl<'a> Cycle<'a> {
             Some((true, _)) | None => None,
             Some((false, tables)) => Some(tables),
         };
-        let anti_affinity = required_anti
-            .iter()
-            .flatten()
-            .map(|t| (t.topology_key.clone(), domains_of(t)))
-            .collect();
+        let anti_affinity = required_anti.iter().flatten().map(|t| (t.topology_key.clone(), domains_of(t))).collect();
 
         let mut forbidden = HashSet::new();
         for key in &cache.with_anti_affinity {

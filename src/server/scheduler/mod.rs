@@ -210,8 +210,13 @@ impl Scheduler {
     fn resync_pods(&mut self) {
         let all = self.pods.list();
         let live: std::collections::HashSet<Key> = all.iter().map(|p| Key::of(p.as_ref())).collect();
-        let stale: Vec<Key> =
-            self.cache.pods().filter(|p| !p.assumed).map(|p| Key::of(p.pod.as_ref())).filter(|k| !live.contains(k)).collect();
+        let stale: Vec<Key> = self
+            .cache
+            .pods()
+            .filter(|p| !p.assumed)
+            .map(|p| Key::of(p.pod.as_ref()))
+            .filter(|k| !live.contains(k))
+            .collect();
         for k in stale {
             self.cache.remove_pod(&k);
         }
@@ -354,7 +359,8 @@ impl Scheduler {
                 Ok(b) => b,
                 Err(_) => return,
             };
-            match api.create_subresource::<serde_json::Value>("binding", &key.name, &PostParams::default(), body).await {
+            match api.create_subresource::<serde_json::Value>("binding", &key.name, &PostParams::default(), body).await
+            {
                 Ok(_) => recorder.record(
                     pod.as_ref(),
                     EventType::Normal,

@@ -153,8 +153,12 @@ impl SchedulingQueue {
                 self.push_active(key);
             }
         }
-        let stale: Vec<Key> =
-            self.unschedulable.iter().filter(|(_, t)| t.elapsed() >= UNSCHEDULABLE_FLUSH).map(|(k, _)| k.clone()).collect();
+        let stale: Vec<Key> = self
+            .unschedulable
+            .iter()
+            .filter(|(_, t)| t.elapsed() >= UNSCHEDULABLE_FLUSH)
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in stale {
             self.unschedulable.remove(&key);
             self.place.remove(&key);

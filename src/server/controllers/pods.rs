@@ -1,0 +1,105 @@
+//! Pod facts every workload controller uses: active, ready, available; the controller owner
+//! reference; a pod made from a template; and which pods to delete first when scaling down.
+
+use std::cmp::Ordering;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
+
+/// Not finished and not being deleted.
+pub fn is_active(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
+    phase != "Succeeded" && phase != "Failed" && pod.metadata.deletion_timestamp.is_none()
+}
+
+/// When the pod's Ready condition became true, if it is.
+pub fn ready_since(pod: &Pod) -> Option<DateTime<Utc>> {
+    let c = pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")?;
+    if c.status != "True" {
+        return None;
+    }
+    Some(c.last_transition_time.as_ref().map(|t| t.0).unwrap_or_else(Utc::now))
+}
+
+pub fn is_ready(pod: &Pod) -> bool {
+    ready_since(pod).is_some()
+}
+
+/// Ready for at least `min_ready_seconds` at `now`.
+pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: DateTime<Utc>) -> bool {
+    match ready_since(pod) {
+        Some(t) => min_ready_seconds <= 0 || t + chrono::Duration::seconds(min_ready_seconds as i64) <= now,
+        None => false,
+    }
+}
+
+/// The owner reference with `controller: true`.
+pub fn controller_ref(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references.iter().flatten().find(|o| o.controller == Some(true))
+}
+
+/// An owner reference making `owner` the controller of a new object.
+pub fn controller_of<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
+    OwnerReference {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        name: owner.meta().name.clone().unwrap_or_default(),
+        uid: owner.meta().uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// A new pod from `template`, named `<prefix>` + random suffix, controlled by `owner`.
+pub fn from_template(template: &PodTemplateSpec, namespace: &str, prefix: &str, owner: OwnerReference) -> Pod {
+    let tm = template.metadata.clone().unwrap_or_default();
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(prefix.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: tm.labels,
+            annotations: tm.annotations,
+            finalizers: tm.finalizers,
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: template.spec.clone(),
+        status: None,
+    }
+}
+
+fn rank_phase(pod: &Pod) -> u8 {
+    match pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending") {
+        "Pending" => 0,
+        "Unknown" => 1,
+        "Running" => 2,
+        _ => 3,
+    }
+}
+
+fn restarts(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|c| c.iter().map(|c| c.restart_count).sum())
+        .unwrap_or(0)
+}
+
+/// Upstream's order of pods to delete first when scaling down: unscheduled before scheduled,
+/// pending before running, not ready before ready, recently ready before long ready, more
+/// restarts before fewer, newer before older.
+pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
+    let scheduled = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
+    scheduled(a)
+        .cmp(&scheduled(b))
+        .then_with(|| rank_phase(a).cmp(&rank_phase(b)))
+        .then_with(|| is_ready(a).cmp(&is_ready(b)))
+        .then_with(|| ready_since(b).cmp(&ready_since(a)))
+        .then_with(|| restarts(b).cmp(&restarts(a)))
+        .then_with(|| {
+            let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            created(b).cmp(&created(a))
+        })
+}
