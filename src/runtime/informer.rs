@@ -57,6 +57,9 @@ pub struct Informer<K: Cached> {
     store: Store<K>,
     changes: broadcast::Sender<Change<K>>,
     index: RwLock<Index>,
+    /// Set once the first list is in the cache. (The store's own readiness future wakes only
+    /// the last task that polled it, so several components waiting at once could hang.)
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 /// Object names by namespace and by the UID of their controller (the owner reference with
@@ -84,12 +87,12 @@ impl Index {
             }
         }
         let key = (ns.to_string(), name.to_string());
-        if let Some(uid) = self.controller_of.remove(&key) {
-            if let Some(set) = self.by_controller.get_mut(&uid) {
-                set.remove(&key);
-                if set.is_empty() {
-                    self.by_controller.remove(&uid);
-                }
+        if let Some(uid) = self.controller_of.remove(&key)
+            && let Some(set) = self.by_controller.get_mut(&uid)
+        {
+            set.remove(&key);
+            if set.is_empty() {
+                self.by_controller.remove(&uid);
             }
         }
     }
@@ -114,7 +117,12 @@ where
     pub fn spawn(api: Api<K>, config: watcher::Config, cancel: CancellationToken) -> Arc<Self> {
         let (store, mut writer) = reflector::store::<K>();
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
-        let informer = Arc::new(Informer { store, changes, index: Default::default() });
+        let informer = Arc::new(Informer {
+            store,
+            changes,
+            index: Default::default(),
+            ready: tokio::sync::watch::Sender::new(false),
+        });
         let me = informer.clone();
         tokio::spawn(async move {
             let mut events = watcher(api, config).default_backoff().boxed();
@@ -139,11 +147,13 @@ where
                         me.index_write().remove(m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""));
                     }
                     watcher::Event::InitDone => {
+                        tracing::debug!(kind = %K::kind(&()), "informer synced");
                         let mut index = Index::default();
                         for o in me.store.state() {
                             index.put(o.meta());
                         }
                         *me.index_write() = index;
+                        me.ready.send_replace(true);
                     }
                     _ => {}
                 }
@@ -198,7 +208,8 @@ impl<K: Cached> Informer<K> {
 
     /// Waits until the first list has filled the cache.
     pub async fn synced(&self) {
-        let _ = self.store.wait_until_ready().await;
+        let mut ready = self.ready.subscribe();
+        let _ = ready.wait_for(|r| *r).await;
     }
 
     /// The cached object `name` in `namespace` ("" for cluster-scoped kinds).
@@ -253,6 +264,7 @@ impl Informers {
             return i;
         }
         let api = Api::<K>::all(self.client.clone());
+        tracing::debug!(kind = %K::kind(&()), "informer started");
         let informer = Informer::spawn(api, watcher::Config::default(), self.cancel.child_token());
         started.insert(TypeId::of::<K>(), informer.clone());
         informer

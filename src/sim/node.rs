@@ -88,7 +88,6 @@ fn status(cfg: &SimConfig, name: &str) -> NodeStatus {
             machine_id: String::new(),
             system_uuid: String::new(),
             boot_id: String::new(),
-            ..Default::default()
         }),
         ..Default::default()
     }

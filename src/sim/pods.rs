@@ -31,10 +31,10 @@ struct Ips {
 
 impl Ips {
     fn take(&mut self, node: &str, cidr: Ipv4Net, pod: &Key) -> Option<Ipv4Addr> {
-        if let Some((n, ip)) = self.by_pod.get(pod) {
-            if n == node {
-                return Some(*ip);
-            }
+        if let Some((n, ip)) = self.by_pod.get(pod)
+            && n == node
+        {
+            return Some(*ip);
         }
         let used = self.used.entry(node.to_string()).or_default();
         let ip = cidr.hosts().skip(1).find(|ip| !used.contains_key(ip))?;
@@ -49,10 +49,10 @@ impl Ips {
     }
 
     fn release(&mut self, pod: &Key) {
-        if let Some((node, ip)) = self.by_pod.remove(pod) {
-            if let Some(u) = self.used.get_mut(&node) {
-                u.remove(&ip);
-            }
+        if let Some((node, ip)) = self.by_pod.remove(pod)
+            && let Some(u) = self.used.get_mut(&node)
+        {
+            u.remove(&ip);
         }
     }
 }

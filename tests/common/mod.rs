@@ -394,7 +394,8 @@ impl Server {
             .and_then(|i| args.get(i + 1))
             .map(|s| s.to_string())
             .unwrap_or_else(|| "sim-".into());
-        self.wait_for(&format!("{nodes} simulated nodes {prefix}* Ready with a podCIDR"), Duration::from_secs(30), || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ready = || {
             let out = self.kubectl(&[
                 "get",
                 "nodes",
@@ -407,7 +408,17 @@ impl Server {
                 .filter(|l| l.starts_with(&prefix) && l.split_whitespace().count() == 3 && l.ends_with("True"))
                 .count();
             ready as u32 >= nodes
-        });
+        };
+        while !ready() {
+            assert!(
+                Instant::now() < deadline,
+                "{nodes} simulated nodes {prefix}* not Ready with a podCIDR after 30 s; sim log:\n{}\nserver log:\n{}\nnodes:\n{}",
+                sim.log(),
+                self.log().lines().filter(|l| l.contains("skiff::")).collect::<Vec<_>>().join("\n"),
+                String::from_utf8_lossy(&self.kubectl(&["get", "nodes", "-o", "wide"]).stdout)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         sim
     }
 

@@ -87,6 +87,30 @@ pub async fn run(objects: &Objects, service_ip: IpAddr, advertise: IpAddr, port:
         )
         .await?;
     }
+    // The two system priority classes upstream creates, for critical add-ons.
+    for (name, value, description) in [
+        (
+            "system-node-critical",
+            2_000_001_000,
+            "Used for system critical pods that must not be moved from their current node.",
+        ),
+        (
+            "system-cluster-critical",
+            2_000_000_000,
+            "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
+        ),
+    ] {
+        ensure(
+            objects,
+            "priorityclasses",
+            "scheduling.k8s.io",
+            "",
+            json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name},
+                "value": value, "description": description, "preemptionPolicy": "PreemptLowerPriority"}),
+            &[],
+        )
+        .await?;
+    }
     let labels = json!({"component": "apiserver", "provider": "kubernetes"});
     ensure(
         objects,

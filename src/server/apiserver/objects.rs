@@ -265,6 +265,92 @@ impl Objects {
         Ok(())
     }
 
+    /// Pod admission, as upstream's `Priority` and `DefaultTolerationSeconds` plugins: the
+    /// priority is resolved from `priorityClassName` (or the global default class), and a pod
+    /// that does not say otherwise tolerates an unreachable or not-ready node for 300 s.
+    async fn admit_pod(&self, obj: &mut Value) -> Result<(), ApiError> {
+        let name = meta::name(obj).to_string();
+        let class_name = obj.pointer("/spec/priorityClassName").and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let pc_info = registry::lookup("scheduling.k8s.io", "v1", "priorityclasses")
+            .ok_or_else(|| ApiError::internal("no priorityclasses"))?;
+        let class = if class_name.is_empty() {
+            let all = self
+                .store
+                .range(&pc_info.prefix(None), None, 0, None)
+                .await
+                .map_err(|e| store_error(pc_info, "", e))?;
+            let mut found = None;
+            for kv in all.kvs {
+                let v = kv_value(pc_info, &kv)?;
+                if v.get("globalDefault").and_then(|g| g.as_bool()) == Some(true) {
+                    found = Some(v);
+                    break;
+                }
+            }
+            found
+        } else {
+            match self
+                .store
+                .get(&pc_info.key("", &class_name))
+                .await
+                .map_err(|e| store_error(pc_info, &class_name, e))?
+            {
+                Some(kv) => Some(kv_value(pc_info, &kv)?),
+                None => {
+                    return Err(ApiError::forbidden(
+                        "",
+                        "pods",
+                        &name,
+                        format!("no PriorityClass with name {class_name} was found"),
+                    ));
+                }
+            }
+        };
+        let (priority, policy) = match &class {
+            Some(c) => (
+                c.get("value").and_then(|v| v.as_i64()).unwrap_or(0),
+                c.get("preemptionPolicy").and_then(|v| v.as_str()).unwrap_or("PreemptLowerPriority").to_string(),
+            ),
+            None => (0, "PreemptLowerPriority".to_string()),
+        };
+        if let Some(given) = obj.pointer("/spec/priority").and_then(|p| p.as_i64())
+            && given != priority
+        {
+            return Err(ApiError::forbidden(
+                "",
+                "pods",
+                &name,
+                format!(
+                    "the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {priority} from the given PriorityClass name"
+                ),
+            ));
+        }
+        if let Some(spec) = obj.get_mut("spec").and_then(|s| s.as_object_mut()) {
+            if let Some(c) = &class {
+                spec.insert("priorityClassName".into(), json!(meta::name(c)));
+            }
+            spec.insert("priority".into(), json!(priority));
+            spec.entry("preemptionPolicy").or_insert(json!(policy));
+            let tolerations = spec.entry("tolerations").or_insert(json!([]));
+            if let Some(list) = tolerations.as_array_mut() {
+                for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+                    let covered = list.iter().any(|t| {
+                        let k = t.get("key").and_then(|k| k.as_str()).unwrap_or("");
+                        let effect = t.get("effect").and_then(|e| e.as_str()).unwrap_or("");
+                        let exists_all = k.is_empty() && t.get("operator").and_then(|o| o.as_str()) == Some("Exists");
+                        (k == key || exists_all) && (effect.is_empty() || effect == "NoExecute")
+                    });
+                    if !covered {
+                        list.push(
+                            json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Creates an object; `obj` has been checked with `check_body`.
     pub async fn create(
         &self,
@@ -318,6 +404,9 @@ impl Objects {
             return Err(ApiError::invalid(info.group, info.kind, &name, &errors));
         }
         self.admit_namespace(info, ns, true).await?;
+        if info.group.is_empty() && info.plural == "pods" {
+            self.admit_pod(&mut obj).await?;
+        }
         record_managed_fields(info, &mut obj, None, ctx);
         let alloc = if info.group.is_empty() && info.plural == "services" {
             Some(self.alloc.allocate(&mut obj, None).map_err(|e| ApiError::invalid(info.group, info.kind, &name, &e))?)

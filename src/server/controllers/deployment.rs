@@ -104,11 +104,10 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
                 // Recreate waits for the old pods to be gone.
                 Some(Change::Deleted(p)) => {
                     let ns = p.metadata.namespace.as_deref().unwrap_or("");
-                    if let Some(r) = controller_ref(&p.metadata).filter(|r| r.kind == "ReplicaSet") {
-                        if let Some(rs) = c.replicasets.get(ns, &r.name) {
+                    if let Some(r) = controller_ref(&p.metadata).filter(|r| r.kind == "ReplicaSet")
+                        && let Some(rs) = c.replicasets.get(ns, &r.name) {
                             c.rs_changed(&rs, &queue);
                         }
-                    }
                 }
                 Some(_) => {}
                 None => break,
@@ -179,10 +178,10 @@ fn template_key(t: Option<&PodTemplateSpec>) -> Value {
     let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
     if let Some(labels) = v.pointer_mut("/metadata/labels").and_then(|l| l.as_object_mut()) {
         labels.remove(HASH_LABEL);
-        if labels.is_empty() {
-            if let Some(m) = v.pointer_mut("/metadata").and_then(|m| m.as_object_mut()) {
-                m.remove("labels");
-            }
+        if labels.is_empty()
+            && let Some(m) = v.pointer_mut("/metadata").and_then(|m| m.as_object_mut())
+        {
+            m.remove("labels");
         }
     }
     v
@@ -257,10 +256,9 @@ impl Controller {
             if controller_ref(&rs.metadata).is_none()
                 && rs.metadata.deletion_timestamp.is_none()
                 && selector_matches(&spec.selector, &labels)
+                && let Some(adopted) = self.adopt(&d, &rs).await?
             {
-                if let Some(adopted) = self.adopt(&d, &rs).await? {
-                    all.push(adopted);
-                }
+                all.push(adopted);
             }
         }
         all.sort_by(|a, b| created(a).cmp(&created(b)).then_with(|| a.metadata.name.cmp(&b.metadata.name)));

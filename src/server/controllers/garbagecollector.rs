@@ -241,9 +241,9 @@ impl Collector {
         for o in &node.owners {
             states.push(self.owner_state(&node, o).await?);
         }
-        let solid = states.iter().any(|s| *s == OwnerState::Solid);
-        let waiting = states.iter().any(|s| *s == OwnerState::Waiting);
-        let dangling = states.iter().any(|s| *s == OwnerState::Dangling);
+        let solid = states.contains(&OwnerState::Solid);
+        let waiting = states.contains(&OwnerState::Waiting);
+        let dangling = states.contains(&OwnerState::Dangling);
         if solid {
             if dangling || waiting {
                 // Keep the object; forget the owners that are gone, stop blocking those leaving.

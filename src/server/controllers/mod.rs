@@ -10,6 +10,9 @@
 
 pub mod deployment;
 pub mod discovery;
+pub mod disruption;
+pub mod endpoints;
+pub mod endpointslice;
 pub mod expectations;
 pub mod garbagecollector;
 pub mod namespace;
@@ -35,6 +38,9 @@ pub const NAMES: &[&str] = &[
     "deployment",
     "replicaset",
     "replicationcontroller",
+    "endpoint",
+    "endpointslice",
+    "disruption",
     "garbagecollector",
     "namespace",
     "serviceaccount",
@@ -80,6 +86,9 @@ pub async fn run(ctx: Arc<Ctx>, disabled: Vec<String>, cancel: CancellationToken
     start!("replicaset", replicaset::run_replicasets);
     start!("replicationcontroller", replicaset::run_replication_controllers);
     start!("deployment", deployment::run);
+    start!("endpoint", endpoints::run);
+    start!("endpointslice", endpointslice::run);
+    start!("disruption", disruption::run);
     start!("garbagecollector", garbagecollector::run);
     start!("namespace", namespace::run);
     start!("serviceaccount", serviceaccount::run);

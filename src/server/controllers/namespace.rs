@@ -109,10 +109,10 @@ impl Controller {
             }
             let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), name, ar);
             let dp = DeleteParams::background();
-            if caps.supports_operation(verbs::DELETE_COLLECTION) {
-                if let Err(e) = api.delete_collection(&dp, &ListParams::default()).await {
-                    failures.push(format!("{}: {e}", ar.plural));
-                }
+            if caps.supports_operation(verbs::DELETE_COLLECTION)
+                && let Err(e) = api.delete_collection(&dp, &ListParams::default()).await
+            {
+                failures.push(format!("{}: {e}", ar.plural));
             }
             let left = match api.list_metadata(&ListParams::default()).await {
                 Ok(l) => l.items,

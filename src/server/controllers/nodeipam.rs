@@ -31,19 +31,20 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
     nodes.synced().await;
     let recorder = ctx.recorder("node-ipam-controller");
     let api: Api<Node> = Api::all(ctx.client.clone());
-    // Ranges handed out by this process, kept until the cache shows them.
-    let mut given: HashSet<IpNet> = HashSet::new();
+    // Ranges handed out by this process, by node, kept until the cache shows them (a node is
+    // never given a second range because the cache was behind).
+    let mut given: std::collections::HashMap<String, IpNet> = Default::default();
     loop {
         // One pass over every node without a range; single-threaded so no range goes twice.
         let mut taken = assigned(&nodes);
-        given.retain(|g| !taken.contains(g));
-        taken.extend(given.iter().copied());
+        given.retain(|_, g| !taken.contains(g));
+        taken.extend(given.values().copied());
         for n in nodes.list() {
             let has = n.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()).is_some_and(|c| !c.is_empty());
-            if has || n.metadata.deletion_timestamp.is_some() {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            if has || n.metadata.deletion_timestamp.is_some() || given.contains_key(&name) {
                 continue;
             }
-            let name = n.metadata.name.clone().unwrap_or_default();
             let Some(cidr) = next_free(ctx.cluster_cidr, ctx.node_cidr_mask, &taken) else {
                 recorder.record(
                     n.as_ref(),
@@ -57,7 +58,7 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
             match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) => {
                     taken.insert(cidr);
-                    given.insert(cidr);
+                    given.insert(name.clone(), cidr);
                     tracing::info!(node = %name, %cidr, "assigned podCIDR");
                 }
                 Err(e) => tracing::debug!(node = %name, error = %e, "cannot assign podCIDR"),

@@ -195,10 +195,9 @@ where
                         && p.metadata.deletion_timestamp.is_none()
                         && is_active(&p)
                         && selector_matches(sel, &p.metadata.labels.clone().unwrap_or_default())
+                        && let Some(adopted) = adopt(&pods_api, &p, owner.as_ref()).await?
                     {
-                        if let Some(adopted) = adopt(&pods_api, &p, owner.as_ref()).await? {
-                            mine.push(Arc::new(adopted));
-                        }
+                        mine.push(Arc::new(adopted));
                     }
                 }
             }
@@ -218,7 +217,7 @@ where
     async fn manage(&self, key: &Key, owner: &R, active: &[Arc<Pod>], api: &Api<Pod>) -> Option<String> {
         let want = owner.desired().max(0) as usize;
         if active.len() < want {
-            let Some(template) = owner.template() else { return None };
+            let template = owner.template()?;
             let mut left = (want - active.len()).min(BURST);
             let mut batch = 1;
             let prefix = format!("{}-", key.name);

@@ -181,12 +181,12 @@ impl Cache {
                 n.ports.remove(i);
             }
         }
-        if let Some(o) = &info.owner {
-            if let Some(c) = n.by_owner.get_mut(o) {
-                *c -= 1;
-                if *c == 0 {
-                    n.by_owner.remove(o);
-                }
+        if let Some(o) = &info.owner
+            && let Some(c) = n.by_owner.get_mut(o)
+        {
+            *c -= 1;
+            if *c == 0 {
+                n.by_owner.remove(o);
             }
         }
         n.pods.remove(key);

@@ -41,10 +41,10 @@ pub fn term_selects(term: &PodAffinityTerm, owner_ns: &str, candidate: &Pod, ns_
 pub fn node_affinity_matches(pod: &Pod, node: &Node) -> bool {
     let Some(spec) = pod.spec.as_ref() else { return true };
     let labels = node_labels(node);
-    if let Some(sel) = &spec.node_selector {
-        if sel.iter().any(|(k, v)| labels.get(k) != Some(v)) {
-            return false;
-        }
+    if let Some(sel) = &spec.node_selector
+        && sel.iter().any(|(k, v)| labels.get(k) != Some(v))
+    {
+        return false;
     }
     let required = spec
         .affinity
@@ -136,10 +136,10 @@ fn spread(pod: &Pod, c: &TopologySpreadConstraint, cache: &Cache, node_of: &Hash
         *counts.entry(v).or_insert(0) += 1;
     }
     let mut min = counts.values().copied().min().unwrap_or(0);
-    if let Some(md) = c.min_domains {
-        if (counts.len() as i32) < md {
-            min = 0;
-        }
+    if let Some(md) = c.min_domains
+        && (counts.len() as i32) < md
+    {
+        min = 0;
     }
     let self_match = i64::from(selector_present && selector_matches(&sel, &own));
     Spread { constraint: c.clone(), counts, min, self_match }
@@ -205,10 +205,10 @@ impl<'a> Cycle<'a> {
                 .and_then(|a| a.pod_anti_affinity.as_ref())
                 .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
             for t in terms.into_iter().flatten() {
-                if term_selects(t, owner_ns, pod, ns_labels) {
-                    if let Some(v) = domain(&p.node, &t.topology_key) {
-                        forbidden.insert((t.topology_key.clone(), v));
-                    }
+                if term_selects(t, owner_ns, pod, ns_labels)
+                    && let Some(v) = domain(&p.node, &t.topology_key)
+                {
+                    forbidden.insert((t.topology_key.clone(), v));
                 }
             }
         }

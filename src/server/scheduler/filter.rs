@@ -76,10 +76,10 @@ pub fn run(c: &Cycle, node: &Node, info: &NodeInfo) -> Vec<String> {
     if c.forbidden.iter().any(|(k, v)| domain(node, k) == Some(v)) {
         return vec!["node(s) didn't satisfy existing pods anti-affinity rules".into()];
     }
-    if let Some(terms) = &c.affinity {
-        if !terms.iter().all(|(k, domains)| domain(node, k).is_some_and(|v| domains.contains(v))) {
-            return vec!["node(s) didn't match pod affinity rules".into()];
-        }
+    if let Some(terms) = &c.affinity
+        && !terms.iter().all(|(k, domains)| domain(node, k).is_some_and(|v| domains.contains(v)))
+    {
+        return vec!["node(s) didn't match pod affinity rules".into()];
     }
     if c.anti_affinity.iter().any(|(k, domains)| domain(node, k).is_some_and(|v| domains.contains(v))) {
         return vec!["node(s) didn't match pod anti-affinity rules".into()];

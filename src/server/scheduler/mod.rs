@@ -254,10 +254,10 @@ impl Scheduler {
             self.queue.remove(&f.key);
             return;
         }
-        if let Some(pod) = self.pods.get(&f.key.namespace, &f.key.name) {
-            if is_pending_for_us(&pod) {
-                self.queue.retry(f.key);
-            }
+        if let Some(pod) = self.pods.get(&f.key.namespace, &f.key.name)
+            && is_pending_for_us(&pod)
+        {
+            self.queue.retry(f.key);
         }
     }
 

@@ -73,10 +73,11 @@ fn spread_raw(c: &Cycle, node: &Node, info: &NodeInfo) -> i64 {
             raw += s.counts.get(v).copied().unwrap_or(0) * s.constraint.max_skew.max(1) as i64;
         }
     }
-    if c.soft_spread.is_empty() && c.hard_spread.is_empty() {
-        if let Some(owner) = &c.owner {
-            raw += info.by_owner.get(owner).copied().unwrap_or(0) as i64;
-        }
+    if c.soft_spread.is_empty()
+        && c.hard_spread.is_empty()
+        && let Some(owner) = &c.owner
+    {
+        raw += info.by_owner.get(owner).copied().unwrap_or(0) as i64;
     }
     raw
 }
