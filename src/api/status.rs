@@ -176,11 +176,14 @@ impl ApiError {
         err
     }
 
-    /// 429 TooManyRequests.
+    /// 429 TooManyRequests; a zero `retry_after_seconds` suggests no delay (and sends no
+    /// `Retry-After`), as upstream omits it.
     pub fn too_many_requests(message: impl Into<String>, retry_after_seconds: u32) -> Self {
         let mut e = Self::new(429, "TooManyRequests", message);
-        e.details =
-            Some(Box::new(StatusDetails { retry_after_seconds: Some(retry_after_seconds), ..Default::default() }));
+        e.details = Some(Box::new(StatusDetails {
+            retry_after_seconds: Some(retry_after_seconds).filter(|s| *s > 0),
+            ..Default::default()
+        }));
         e
     }
 
@@ -210,6 +213,12 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
+        // An error without a reason (upstream's StatusReasonUnknown) leaves the field out.
+        if self.reason.is_empty()
+            && let Some(o) = status.as_object_mut()
+        {
+            o.remove("reason");
+        }
         if let Some(d) = &self.details {
             let mut details = serde_json::Map::new();
             if !d.name.is_empty() {
@@ -227,7 +236,16 @@ impl ApiError {
                     Value::Array(
                         d.causes
                             .iter()
-                            .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                            .map(|c| {
+                                // Empty members are left out, as Go's omitempty does.
+                                let mut cause = serde_json::Map::new();
+                                for (k, v) in [("reason", &c.reason), ("message", &c.message), ("field", &c.field)] {
+                                    if !v.is_empty() {
+                                        cause.insert(k.into(), json!(v));
+                                    }
+                                }
+                                Value::Object(cause)
+                            })
                             .collect(),
                     ),
                 );
