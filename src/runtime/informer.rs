@@ -57,6 +57,9 @@ pub struct Informer<K: Cached> {
     store: Store<K>,
     changes: broadcast::Sender<Change<K>>,
     index: RwLock<Index>,
+    /// True once the first list is in the cache. (The store's own `wait_until_ready` wakes
+    /// only one of several concurrent waiters, and every component waits on shared informers.)
+    synced: tokio::sync::watch::Sender<bool>,
 }
 
 /// Object names by namespace and by the UID of their controller (the owner reference with
@@ -114,7 +117,8 @@ where
     pub fn spawn(api: Api<K>, config: watcher::Config, cancel: CancellationToken) -> Arc<Self> {
         let (store, mut writer) = reflector::store::<K>();
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
-        let informer = Arc::new(Informer { store, changes, index: Default::default() });
+        let (synced, _) = tokio::sync::watch::channel(false);
+        let informer = Arc::new(Informer { store, changes, index: Default::default(), synced });
         let me = informer.clone();
         tokio::spawn(async move {
             let mut events = watcher(api, config).default_backoff().boxed();
@@ -144,6 +148,7 @@ where
                             index.put(o.meta());
                         }
                         *me.index_write() = index;
+                        me.synced.send_replace(true);
                     }
                     _ => {}
                 }
@@ -198,7 +203,8 @@ impl<K: Cached> Informer<K> {
 
     /// Waits until the first list has filled the cache.
     pub async fn synced(&self) {
-        let _ = self.store.wait_until_ready().await;
+        let mut ready = self.synced.subscribe();
+        let _ = ready.wait_for(|r| *r).await;
     }
 
     /// The cached object `name` in `namespace` ("" for cluster-scoped kinds).
