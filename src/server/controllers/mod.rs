@@ -12,6 +12,7 @@ pub mod deployment;
 pub mod discovery;
 pub mod expectations;
 pub mod garbagecollector;
+pub mod history;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
