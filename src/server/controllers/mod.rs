@@ -8,6 +8,7 @@
 //! Invariant: no controller reads the store or calls into the API server directly, and none
 //! keeps state that cannot be rebuilt from the API (a restarted server resumes where it was).
 
+pub mod daemonset;
 pub mod deployment;
 pub mod discovery;
 pub mod expectations;
@@ -36,6 +37,7 @@ pub const NAMES: &[&str] = &[
     "deployment",
     "replicaset",
     "replicationcontroller",
+    "daemonset",
     "garbagecollector",
     "namespace",
     "serviceaccount",
@@ -81,6 +83,7 @@ pub async fn run(ctx: Arc<Ctx>, disabled: Vec<String>, cancel: CancellationToken
     start!("replicaset", replicaset::run_replicasets);
     start!("replicationcontroller", replicaset::run_replication_controllers);
     start!("deployment", deployment::run);
+    start!("daemonset", daemonset::run);
     start!("garbagecollector", garbagecollector::run);
     start!("namespace", namespace::run);
     start!("serviceaccount", serviceaccount::run);
