@@ -22,6 +22,7 @@ pub mod pods;
 pub mod replicaset;
 pub mod rootca;
 pub mod serviceaccount;
+pub mod statefulset;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +39,7 @@ pub const NAMES: &[&str] = &[
     "replicaset",
     "replicationcontroller",
     "daemonset",
+    "statefulset",
     "garbagecollector",
     "namespace",
     "serviceaccount",
@@ -84,6 +86,7 @@ pub async fn run(ctx: Arc<Ctx>, disabled: Vec<String>, cancel: CancellationToken
     start!("replicationcontroller", replicaset::run_replication_controllers);
     start!("deployment", deployment::run);
     start!("daemonset", daemonset::run);
+    start!("statefulset", statefulset::run);
     start!("garbagecollector", garbagecollector::run);
     start!("namespace", namespace::run);
     start!("serviceaccount", serviceaccount::run);
