@@ -224,7 +224,7 @@ fn recreate_stops_old_pods_before_starting_new_ones() {
 
 #[test]
 fn scheduler_places_pods_where_upstream_would() {
-    let s = Server::start_with(&["-v", "4"]);
+    let s = Server::start();
     let _plain = s.sim(&["--nodes", "2", "--node-prefix", "plain-", "--cpu", "2", "--node-label", "disk=hdd"]);
     let _ssd = s.sim(&["--nodes", "1", "--node-prefix", "ssd-", "--cpu", "2", "--node-label", "disk=ssd"]);
     let _gpu = s.sim(&["--nodes", "1", "--node-prefix", "gpu-", "--node-taint", "gpu=true:NoSchedule"]);
@@ -360,9 +360,16 @@ fn garbage_collection_background_foreground_orphan() {
     let s = Server::start();
     let _sim = s.sim(&["--nodes", "2"]);
     s.ok(&["create", "namespace", "gc"]);
-    for name in ["bg", "fg", "or"] {
+    for name in ["bg", "or"] {
         s.ok(&["-n", "gc", "create", "deployment", name, "--image=busybox", "--replicas=2"]);
     }
+    // fg's pods carry a finalizer, so foreground deletion must wait for them.
+    s.apply(
+        r#"{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "fg", "namespace": "gc"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "fg"}},
+              "template": {"metadata": {"labels": {"app": "fg"}, "finalizers": ["example.com/hold"]},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}"#,
+    );
     s.wait_for("6 running pods", T, || pods(&s, "gc", "app in (bg,fg,or)").iter().filter(|p| p.2).count() == 6);
 
     s.ok(&["-n", "gc", "delete", "deployment", "bg"]);
@@ -373,9 +380,19 @@ fn garbage_collection_background_foreground_orphan() {
 
     // Foreground: the Deployment stays (with the finalizer) until its dependents are gone.
     s.ok(&["-n", "gc", "delete", "deployment", "fg", "--cascade=foreground", "--wait=false"]);
+    s.wait_for("fg's pods terminating", T, || {
+        items(&s.get_json(&["pods", "-n", "gc", "-l", "app=fg"]))
+            .iter()
+            .all(|p| p["metadata"]["deletionTimestamp"].is_string())
+    });
+    std::thread::sleep(Duration::from_secs(1));
     let d = s.get_json(&["deployment", "-n", "gc", "fg"]);
     assert!(d["metadata"]["deletionTimestamp"].is_string(), "{d}");
     assert_eq!(d["metadata"]["finalizers"], serde_json::json!(["foregroundDeletion"]));
+    for p in items(&s.get_json(&["pods", "-n", "gc", "-l", "app=fg"])) {
+        let name = p["metadata"]["name"].as_str().unwrap().to_string();
+        s.ok(&["-n", "gc", "patch", "pod", &name, "--type=merge", "-p", r#"{"metadata": {"finalizers": null}}"#]);
+    }
     s.wait_for("fg deleted after its dependents", T, || {
         !s.kubectl(&["-n", "gc", "get", "deployment", "fg"]).status.success()
     });

@@ -8,6 +8,7 @@
 //! Invariant: no controller reads the store or calls into the API server directly, and none
 //! keeps state that cannot be rebuilt from the API (a restarted server resumes where it was).
 
+pub mod daemonset;
 pub mod deployment;
 pub mod discovery;
 pub mod disruption;
@@ -15,6 +16,7 @@ pub mod endpoints;
 pub mod endpointslice;
 pub mod expectations;
 pub mod garbagecollector;
+pub mod history;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -23,6 +25,7 @@ pub mod pods;
 pub mod replicaset;
 pub mod rootca;
 pub mod serviceaccount;
+pub mod statefulset;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +44,8 @@ pub const NAMES: &[&str] = &[
     "endpoint",
     "endpointslice",
     "disruption",
+    "daemonset",
+    "statefulset",
     "garbagecollector",
     "namespace",
     "serviceaccount",
@@ -89,6 +94,8 @@ pub async fn run(ctx: Arc<Ctx>, disabled: Vec<String>, cancel: CancellationToken
     start!("endpoint", endpoints::run);
     start!("endpointslice", endpointslice::run);
     start!("disruption", disruption::run);
+    start!("daemonset", daemonset::run);
+    start!("statefulset", statefulset::run);
     start!("garbagecollector", garbagecollector::run);
     start!("namespace", namespace::run);
     start!("serviceaccount", serviceaccount::run);

@@ -103,3 +103,43 @@ pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
             created(b).cmp(&created(a))
         })
 }
+
+/// Makes `owner` the controller of the orphan `obj` (with a UID precondition, so an object
+/// replaced meanwhile is not adopted by mistake). `None` when the object changed or is gone.
+pub async fn adopt<K>(api: &kube::Api<K>, obj: &K, owner: OwnerReference) -> Result<Option<K>, kube::Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let meta = obj.meta();
+    let mut refs = meta.owner_references.clone().unwrap_or_default();
+    refs.push(owner);
+    let patch = serde_json::json!({"metadata": {"ownerReferences": refs, "uid": meta.uid}});
+    let name = meta.name.as_deref().unwrap_or("");
+    match api.patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await {
+        Ok(o) => Ok(Some(o)),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 || e.code == 422 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes the owner reference to `uid` from `obj` (it no longer matches its controller).
+pub async fn release<K>(api: &kube::Api<K>, obj: &K, uid: &str) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let meta = obj.meta();
+    let refs: Vec<_> = meta.owner_references.iter().flatten().filter(|o| o.uid != uid).cloned().collect();
+    let refs = if refs.is_empty() { serde_json::Value::Null } else { serde_json::json!(refs) };
+    let patch = serde_json::json!({"metadata": {"ownerReferences": refs, "uid": meta.uid}});
+    let name = meta.name.as_deref().unwrap_or("");
+    match api.patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 || e.code == 422 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the pod finished (Succeeded or Failed).
+pub fn is_terminal(pod: &Pod) -> bool {
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded") | Some("Failed"))
+}
