@@ -105,7 +105,7 @@ const REFUSED: &str =
 
 #[test]
 fn budget_refuses_then_allows_eviction() {
-    let s = Server::start();
+    let s = Server::start_with(&["--disable-controller", "disruption"]);
     let ns = "evict-budget";
     namespace(&s, ns);
     pod(&s, ns, "guarded", "guarded", Some(true));
@@ -225,7 +225,7 @@ fn budget_refuses_then_allows_eviction() {
 
 #[test]
 fn one_pod_two_budgets_is_an_error() {
-    let s = Server::start();
+    let s = Server::start_with(&["--disable-controller", "disruption"]);
     let ns = "evict-two-budgets";
     namespace(&s, ns);
     pod(&s, ns, "shared", "shared", Some(true));
@@ -270,7 +270,7 @@ fn one_pod_two_budgets_is_an_error() {
 
 #[test]
 fn pods_that_are_not_running_and_ready() {
-    let s = Server::start();
+    let s = Server::start_with(&["--disable-controller", "disruption"]);
     let ns = "evict-unready";
     namespace(&s, ns);
 
