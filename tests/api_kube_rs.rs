@@ -37,7 +37,15 @@ fn describe(e: &Event<ConfigMap>) -> String {
 
 #[test]
 fn watcher_sees_everything_and_recovers() {
-    let mut s = Server::start_with(&["--store-history-window", "50", "--store-compact-interval", "1"]);
+    let mut s = Server::start_with(&[
+        "--store-history-window",
+        "50",
+        "--store-compact-interval",
+        "1",
+        // The watched namespace must hold only what the test writes.
+        "--disable-controller",
+        "root-ca-cert-publisher",
+    ]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let c = client(&s).await;

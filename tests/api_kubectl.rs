@@ -204,7 +204,8 @@ fn patch_label_annotate_scale_edit() {
 
 #[test]
 fn watch_sees_later_changes() {
-    let s = Server::start();
+    // Only what the test writes may appear in the watched namespace.
+    let s = Server::start_with(&["--disable-controller", "root-ca-cert-publisher"]);
     apply(&s, APP, &[]);
     let mut child = std::process::Command::new(common::KUBECTL)
         .args(["get", "cm", "-n", "demo", "-w", "--output-watch-events", "--request-timeout=20s"])
@@ -242,7 +243,8 @@ fn watch_sees_later_changes() {
 
 #[test]
 fn delete_with_finalizers_and_cascade() {
-    let s = Server::start();
+    // The namespace must stay Terminating, so no controller empties it.
+    let s = Server::start_with(&["--disable-controller", "namespace"]);
     apply(&s, APP, &[]);
     s.ok(&[
         "patch",
@@ -485,7 +487,8 @@ fn service_account_tokens_authenticate() {
 
 #[test]
 fn tables_for_autoscalers_budgets_quotas_and_volumes() {
-    let s = Server::start();
+    // The events listed must be only the ones the test writes.
+    let s = Server::start_with(&["--disable-controller", "deployment"]);
     apply(&s, APP, &[]);
     s.ok(&["autoscale", "deployment", "web", "-n", "demo", "--min=2", "--max=5", "--cpu-percent=80"]);
     let hpa = s.ok(&["get", "hpa", "-n", "demo"]);
