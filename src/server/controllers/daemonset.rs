@@ -40,7 +40,10 @@ use tokio_util::sync::CancellationToken;
 use super::Ctx;
 use super::expectations::Expectations;
 use super::history::{self, HASH_LABEL};
-use super::pods::{adopt, controller_of, controller_ref, from_template, is_available, is_ready, is_terminal, release};
+use super::pods::{
+    adopt, controller_of, controller_ref, from_template, is_available, is_ready, is_terminal, queue_controller_of,
+    release,
+};
 use crate::runtime::events::{EventType, Recorder};
 use crate::runtime::informer::next_change;
 use crate::runtime::matching::{selector_is_empty, selector_matches, untolerated};
@@ -115,7 +118,7 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
                 None => break,
             },
             ch = next_change(&mut pod_changes) => match ch {
-                Some(Change::Applied(p)) | Some(Change::Deleted(p)) => c.pod_changed(&p, &queue),
+                Some(Change::Applied(p)) | Some(Change::Deleted(p)) => queue_controller_of(&p.metadata, "DaemonSet", &c.dsets, |o| o.spec.as_ref().map(|s| s.selector.clone()), &queue),
                 Some(Change::Resync) => all(&queue),
                 None => break,
             },
@@ -366,22 +369,6 @@ fn by_node(pods: &[Arc<Pod>]) -> HashMap<String, Vec<Arc<Pod>>> {
 }
 
 impl Controller {
-    fn pod_changed(&self, pod: &Pod, queue: &WorkQueue<Key>) {
-        let ns = pod.metadata.namespace.as_deref().unwrap_or("");
-        match controller_ref(&pod.metadata) {
-            Some(r) if r.kind == "DaemonSet" => queue.add(Key::new(ns, &r.name)),
-            Some(_) => {}
-            None => {
-                let labels = pod.metadata.labels.clone().unwrap_or_default();
-                for d in self.dsets.in_namespace(ns) {
-                    if d.spec.as_ref().is_some_and(|s| selector_matches(&s.selector, &labels)) {
-                        queue.add(Key::of(d.as_ref()));
-                    }
-                }
-            }
-        }
-    }
-
     fn pod_api(&self, ns: &str) -> Api<Pod> {
         Api::namespaced(self.client.clone(), ns)
     }

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
-use super::pods::{controller_of, controller_ref};
+use super::pods::{adopt, controller_of, controller_ref, queue_controller_of};
 use crate::runtime::events::{EventType, Recorder};
 use crate::runtime::informer::next_change;
 use crate::runtime::matching::{selector_is_empty, selector_matches};
@@ -96,7 +96,7 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
                 None => break,
             },
             ch = next_change(&mut rs_changes) => match ch {
-                Some(Change::Applied(rs)) | Some(Change::Deleted(rs)) => c.rs_changed(&rs, &queue),
+                Some(Change::Applied(rs)) | Some(Change::Deleted(rs)) => queue_controller_of(&rs.metadata, "Deployment", &c.deployments, |d| d.spec.as_ref().map(|s| s.selector.clone()), &queue),
                 Some(Change::Resync) => all(&queue),
                 None => break,
             },
@@ -106,7 +106,7 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
                     let ns = p.metadata.namespace.as_deref().unwrap_or("");
                     if let Some(r) = controller_ref(&p.metadata).filter(|r| r.kind == "ReplicaSet")
                         && let Some(rs) = c.replicasets.get(ns, &r.name) {
-                            c.rs_changed(&rs, &queue);
+                            queue_controller_of(&rs.metadata, "Deployment", &c.deployments, |d| d.spec.as_ref().map(|s| s.selector.clone()), &queue);
                         }
                 }
                 Some(_) => {}
@@ -214,22 +214,6 @@ fn condition<'a>(d: &'a Deployment, type_: &str) -> Option<&'a k8s_openapi::api:
 }
 
 impl Controller {
-    fn rs_changed(&self, rs: &ReplicaSet, queue: &WorkQueue<Key>) {
-        let ns = rs.metadata.namespace.as_deref().unwrap_or("");
-        match controller_ref(&rs.metadata) {
-            Some(r) if r.kind == "Deployment" => queue.add(Key::new(ns, &r.name)),
-            Some(_) => {}
-            None => {
-                let labels = rs.metadata.labels.clone().unwrap_or_default();
-                for d in self.deployments.in_namespace(ns) {
-                    if d.spec.as_ref().is_some_and(|s| selector_matches(&s.selector, &labels)) {
-                        queue.add(Key::of(d.as_ref()));
-                    }
-                }
-            }
-        }
-    }
-
     fn rs_api(&self, ns: &str) -> Api<ReplicaSet> {
         Api::namespaced(self.client.clone(), ns)
     }
@@ -256,7 +240,8 @@ impl Controller {
             if controller_ref(&rs.metadata).is_none()
                 && rs.metadata.deletion_timestamp.is_none()
                 && selector_matches(&spec.selector, &labels)
-                && let Some(adopted) = self.adopt(&d, &rs).await?
+                && let Some(adopted) =
+                    adopt(&self.rs_api(&key.namespace), rs.as_ref(), controller_of(d.as_ref())).await?
             {
                 all.push(adopted);
             }
@@ -274,22 +259,6 @@ impl Controller {
             return self.sync_status(&d, &all, new.as_deref(), None).await;
         }
         if is_rolling(&d) { self.rolling(&d, all).await } else { self.recreate(&d, all).await }
-    }
-
-    async fn adopt(&self, d: &Deployment, rs: &ReplicaSet) -> Result<Option<ReplicaSet>, kube::Error> {
-        let mut refs = rs.metadata.owner_references.clone().unwrap_or_default();
-        refs.push(controller_of(d));
-        let patch = json!({"metadata": {"ownerReferences": refs, "uid": rs.metadata.uid}});
-        let ns = rs.metadata.namespace.as_deref().unwrap_or("");
-        match self
-            .rs_api(ns)
-            .patch(rs.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(r) => Ok(Some(r)),
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(None),
-            Err(e) => Err(e),
-        }
     }
 
     /// Whether `spec.replicas` changed without a template change: an active ReplicaSet's

@@ -143,3 +143,28 @@ where
 pub fn is_terminal(pod: &Pod) -> bool {
     matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded") | Some("Failed"))
 }
+
+/// Queues the controller an object changed for: the owner of kind `kind` its controller
+/// reference names, or, for an orphan, every owner in its namespace whose selector matches it
+/// (each may adopt it).
+pub fn queue_controller_of<K: crate::runtime::informer::Cached>(
+    meta: &ObjectMeta,
+    kind: &str,
+    owners: &crate::runtime::Informer<K>,
+    selector: impl Fn(&K) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    queue: &crate::runtime::WorkQueue<crate::runtime::Key>,
+) {
+    let ns = meta.namespace.as_deref().unwrap_or("");
+    match controller_ref(meta) {
+        Some(r) if r.kind == kind => queue.add(crate::runtime::Key::new(ns, &r.name)),
+        Some(_) => {}
+        None => {
+            let labels = meta.labels.clone().unwrap_or_default();
+            for o in owners.in_namespace(ns) {
+                if selector(&o).is_some_and(|s| crate::runtime::matching::selector_matches(&s, &labels)) {
+                    queue.add(crate::runtime::Key::of(o.as_ref()));
+                }
+            }
+        }
+    }
+}

@@ -23,7 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
 use super::expectations::Expectations;
-use super::pods::{controller_of, controller_ref, deletion_order, from_template, is_active, is_available, is_ready};
+use super::pods::{
+    adopt, controller_of, controller_ref, deletion_order, from_template, is_active, is_available, is_ready,
+    queue_controller_of, release,
+};
 use crate::runtime::events::{EventType, Recorder};
 use crate::runtime::informer::{Cached, next_change};
 use crate::runtime::matching::selector_matches;
@@ -136,7 +139,9 @@ where
                 None => break,
             },
             ch = next_change(&mut pod_changes) => match ch {
-                Some(Change::Applied(p)) | Some(Change::Deleted(p)) => c.pod_changed(&p, &kind, &queue),
+                Some(Change::Applied(p)) | Some(Change::Deleted(p)) => {
+                    queue_controller_of(&p.metadata, &kind, &c.owners, |o| o.label_selector(), &queue)
+                }
                 Some(Change::Resync) => c.owners.list().iter().for_each(|o| queue.add(Key::of(o.as_ref()))),
                 None => break,
             },
@@ -149,23 +154,6 @@ impl<R: Replicated + serde::Serialize> Controller<R>
 where
     R::DynamicType: Default,
 {
-    fn pod_changed(&self, pod: &Pod, kind: &str, queue: &WorkQueue<Key>) {
-        let ns = pod.metadata.namespace.as_deref().unwrap_or("");
-        match controller_ref(&pod.metadata) {
-            Some(r) if r.kind == kind => queue.add(Key::new(ns, &r.name)),
-            Some(_) => {}
-            None => {
-                // An orphan: every owner whose selector matches may adopt it.
-                let labels = pod.metadata.labels.clone().unwrap_or_default();
-                for o in self.owners.in_namespace(ns) {
-                    if o.label_selector().is_some_and(|s| selector_matches(&s, &labels)) {
-                        queue.add(Key::of(o.as_ref()));
-                    }
-                }
-            }
-        }
-    }
-
     async fn reconcile(&self, key: &Key) -> Result<Next, kube::Error> {
         let Some(owner) = self.owners.get(&key.namespace, &key.name) else {
             self.expectations.forget(key);
@@ -185,7 +173,7 @@ where
                 if selector_matches(sel, &labels) || deleting {
                     kept.push(p);
                 } else {
-                    release(&pods_api, &p, &uid).await?;
+                    release(&pods_api, p.as_ref(), &uid).await?;
                 }
             }
             mine = kept;
@@ -195,7 +183,7 @@ where
                         && p.metadata.deletion_timestamp.is_none()
                         && is_active(&p)
                         && selector_matches(sel, &p.metadata.labels.clone().unwrap_or_default())
-                        && let Some(adopted) = adopt(&pods_api, &p, owner.as_ref()).await?
+                        && let Some(adopted) = adopt(&pods_api, p.as_ref(), controller_of(owner.as_ref())).await?
                     {
                         mine.push(Arc::new(adopted));
                     }
@@ -349,32 +337,5 @@ where
             return Ok(Next::After(Duration::from_secs(1)));
         }
         Ok(Next::Done)
-    }
-}
-
-/// Makes `owner` the controller of the orphan `pod` (with a UID precondition, so a pod
-/// replaced meanwhile is not adopted by mistake). `None` when the pod changed or is gone.
-async fn adopt<R: Replicated>(api: &Api<Pod>, pod: &Pod, owner: &R) -> Result<Option<Pod>, kube::Error> {
-    let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
-    refs.push(controller_of(owner));
-    let patch = json!({"metadata": {"ownerReferences": refs, "uid": pod.metadata.uid}});
-    let name = pod.metadata.name.as_deref().unwrap_or("");
-    match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(p) => Ok(Some(p)),
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 || e.code == 422 => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Removes the controller reference to `uid` from `pod`.
-async fn release(api: &Api<Pod>, pod: &Pod, uid: &str) -> Result<(), kube::Error> {
-    let refs: Vec<_> = pod.metadata.owner_references.iter().flatten().filter(|o| o.uid != uid).cloned().collect();
-    let refs = if refs.is_empty() { Value::Null } else { json!(refs) };
-    let patch = json!({"metadata": {"ownerReferences": refs, "uid": pod.metadata.uid}});
-    let name = pod.metadata.name.as_deref().unwrap_or("");
-    match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 || e.code == 422 => Ok(()),
-        Err(e) => Err(e),
     }
 }

@@ -35,7 +35,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
 use super::history::{self, HASH_LABEL};
-use super::pods::{adopt, controller_of, controller_ref, from_template, is_available, is_ready, release};
+use super::pods::{
+    adopt, controller_of, controller_ref, from_template, is_available, is_ready, queue_controller_of, release,
+};
 use crate::runtime::events::{EventType, Recorder};
 use crate::runtime::informer::next_change;
 use crate::runtime::matching::{selector_is_empty, selector_matches};
@@ -123,7 +125,7 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
                 None => break,
             },
             ch = next_change(&mut pod_changes) => match ch {
-                Some(Change::Applied(p)) | Some(Change::Deleted(p)) => c.pod_changed(&p, &queue),
+                Some(Change::Applied(p)) | Some(Change::Deleted(p)) => queue_controller_of(&p.metadata, "StatefulSet", &c.sets, |o| o.spec.as_ref().map(|s| s.selector.clone()), &queue),
                 Some(Change::Resync) => all(&queue),
                 None => break,
             },
@@ -376,22 +378,6 @@ struct Slot {
 }
 
 impl Controller {
-    fn pod_changed(&self, pod: &Pod, queue: &WorkQueue<Key>) {
-        let ns = pod.metadata.namespace.as_deref().unwrap_or("");
-        match controller_ref(&pod.metadata) {
-            Some(r) if r.kind == "StatefulSet" => queue.add(Key::new(ns, &r.name)),
-            Some(_) => {}
-            None => {
-                let labels = pod.metadata.labels.clone().unwrap_or_default();
-                for s in self.sets.in_namespace(ns) {
-                    if s.spec.as_ref().is_some_and(|sp| selector_matches(&sp.selector, &labels)) {
-                        queue.add(Key::of(s.as_ref()));
-                    }
-                }
-            }
-        }
-    }
-
     fn pod_api(&self, ns: &str) -> Api<Pod> {
         Api::namespaced(self.client.clone(), ns)
     }
