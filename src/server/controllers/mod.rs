@@ -12,6 +12,7 @@ pub mod deployment;
 pub mod discovery;
 pub mod expectations;
 pub mod garbagecollector;
+pub mod job;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -41,6 +42,7 @@ pub const NAMES: &[&str] = &[
     "root-ca-cert-publisher",
     "nodeipam",
     "nodelifecycle",
+    "job",
 ];
 
 /// What controllers share.
@@ -86,6 +88,7 @@ pub async fn run(ctx: Arc<Ctx>, disabled: Vec<String>, cancel: CancellationToken
     start!("root-ca-cert-publisher", rootca::run);
     start!("nodeipam", nodeipam::run);
     start!("nodelifecycle", nodelifecycle::run);
+    start!("job", job::run);
     tracing::info!(disabled = ?disabled, "controllers started");
     while tasks.join_next().await.is_some() {}
 }
