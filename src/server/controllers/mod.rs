@@ -21,6 +21,7 @@ pub mod pods;
 pub mod replicaset;
 pub mod rootca;
 pub mod serviceaccount;
+pub mod ttlafterfinished;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +44,7 @@ pub const NAMES: &[&str] = &[
     "nodeipam",
     "nodelifecycle",
     "job",
+    "ttl-after-finished",
 ];
 
 /// What controllers share.
@@ -89,6 +91,7 @@ pub async fn run(ctx: Arc<Ctx>, disabled: Vec<String>, cancel: CancellationToken
     start!("nodeipam", nodeipam::run);
     start!("nodelifecycle", nodelifecycle::run);
     start!("job", job::run);
+    start!("ttl-after-finished", ttlafterfinished::run);
     tracing::info!(disabled = ?disabled, "controllers started");
     while tasks.join_next().await.is_some() {}
 }
