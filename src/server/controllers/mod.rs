@@ -8,6 +8,7 @@
 //! Invariant: no controller reads the store or calls into the API server directly, and none
 //! keeps state that cannot be rebuilt from the API (a restarted server resumes where it was).
 
+pub mod cronjob;
 pub mod deployment;
 pub mod discovery;
 pub mod expectations;
@@ -44,6 +45,7 @@ pub const NAMES: &[&str] = &[
     "nodeipam",
     "nodelifecycle",
     "job",
+    "cronjob",
     "ttl-after-finished",
 ];
 
@@ -91,6 +93,7 @@ pub async fn run(ctx: Arc<Ctx>, disabled: Vec<String>, cancel: CancellationToken
     start!("nodeipam", nodeipam::run);
     start!("nodelifecycle", nodelifecycle::run);
     start!("job", job::run);
+    start!("cronjob", cronjob::run);
     start!("ttl-after-finished", ttlafterfinished::run);
     tracing::info!(disabled = ?disabled, "controllers started");
     while tasks.join_next().await.is_some() {}
