@@ -8,6 +8,7 @@
 //! Invariant: no controller reads the store or calls into the API server directly, and none
 //! keeps state that cannot be rebuilt from the API (a restarted server resumes where it was).
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod discovery;
@@ -17,6 +18,7 @@ pub mod endpointslice;
 pub mod expectations;
 pub mod garbagecollector;
 pub mod history;
+pub mod job;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -26,6 +28,7 @@ pub mod replicaset;
 pub mod rootca;
 pub mod serviceaccount;
 pub mod statefulset;
+pub mod ttlafterfinished;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +55,9 @@ pub const NAMES: &[&str] = &[
     "root-ca-cert-publisher",
     "nodeipam",
     "nodelifecycle",
+    "job",
+    "cronjob",
+    "ttl-after-finished",
 ];
 
 /// What controllers share.
@@ -102,6 +108,9 @@ pub async fn run(ctx: Arc<Ctx>, disabled: Vec<String>, cancel: CancellationToken
     start!("root-ca-cert-publisher", rootca::run);
     start!("nodeipam", nodeipam::run);
     start!("nodelifecycle", nodelifecycle::run);
+    start!("job", job::run);
+    start!("cronjob", cronjob::run);
+    start!("ttl-after-finished", ttlafterfinished::run);
     tracing::info!(disabled = ?disabled, "controllers started");
     while tasks.join_next().await.is_some() {}
 }
