@@ -611,3 +611,155 @@ fn component_flags_turn_parts_off() {
     );
     assert_eq!(err.lines().count(), 1);
 }
+
+#[test]
+fn kubectl_drain_cordons_and_evicts_within_the_disruption_budget() {
+    let s = Server::start();
+    let _sim = s.sim(&["--nodes", "3"]);
+    s.ok(&["create", "namespace", "drn"]);
+    s.apply(
+        r#"{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "drn"},
+            "spec": {"replicas": 6, "selector": {"matchLabels": {"app": "web"}},
+              "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}"#,
+    );
+    s.apply(
+        r#"{"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent", "namespace": "drn"},
+            "spec": {"selector": {"matchLabels": {"app": "agent"}},
+              "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}"#,
+    );
+    // At first the budget allows no disruption at all.
+    s.apply(
+        r#"{"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "web", "namespace": "drn"},
+            "spec": {"minAvailable": 6, "selector": {"matchLabels": {"app": "web"}}}}"#,
+    );
+    s.wait_for("6 web and 3 agent pods ready", T, || {
+        running(&s, "drn", "app=web") == 6 && running(&s, "drn", "app=agent") == 3
+    });
+    s.wait_for("the budget has seen the pods", T, || {
+        s.ok(&[
+            "-n",
+            "drn",
+            "get",
+            "pdb",
+            "web",
+            "-o",
+            "jsonpath={.status.currentHealthy}/{.status.disruptionsAllowed}",
+        ]) == "6/0"
+    });
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for p in pods(&s, "drn", "app=web") {
+        *per_node.entry(p.1).or_default() += 1;
+    }
+    let (node, _) = per_node.iter().max_by_key(|(_, n)| **n).map(|(n, c)| (n.clone(), *c)).unwrap();
+
+    // A pod no controller owns stops the drain unless forced, as upstream.
+    s.apply(&format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "bare", "namespace": "drn"}},
+            "spec": {{"nodeName": "{node}", "containers": [{{"name": "c", "image": "busybox"}}]}}}}"#
+    ));
+    let err = s.fails(&["drain", &node, "--ignore-daemonsets", "--timeout=20s"]);
+    assert!(err.contains("cannot delete Pods that declare no controller (use --force to override): drn/bare"), "{err}");
+    assert_eq!(s.ok(&["get", "node", &node, "-o", "jsonpath={.spec.unschedulable}"]), "true", "drain cordons first");
+
+    let (min, h, stop) = watch_min_ready(&s, "drn", "app=web");
+    std::thread::sleep(Duration::from_millis(500));
+    let drain = {
+        let kc = s.kubeconfig.clone();
+        let node = node.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new(common::KUBECTL)
+                .args(["drain", &node, "--ignore-daemonsets", "--force", "--timeout=60s"])
+                .env("KUBECONFIG", kc)
+                .output()
+                .expect("run kubectl drain")
+        })
+    };
+    // kubectl retries refused evictions every 5 s; the budget holds every web pod in place.
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(!drain.is_finished(), "drain waits for the budget");
+    assert!(pods(&s, "drn", "app=web").iter().any(|p| p.1 == node), "web pods still on {node}");
+    s.ok(&[
+        "-n",
+        "drn",
+        "patch",
+        "pdb",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/minAvailable"},{"op":"add","path":"/spec/maxUnavailable","value":1}]"#,
+    ]);
+    let drain = drain.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    h.join().unwrap();
+    let out = format!("{}{}", String::from_utf8_lossy(&drain.stdout), String::from_utf8_lossy(&drain.stderr));
+    assert!(drain.status.success(), "{out}");
+    assert!(out.contains(&format!("node/{node} drained")), "{out}");
+    assert!(out.contains("ignoring DaemonSet-managed Pods: drn/agent-"), "{out}");
+    assert!(out.contains("Cannot evict pod as it would violate the pod's disruption budget."), "{out}");
+    let min = min.lock().unwrap().expect("the watch saw the pods");
+    assert!(min >= 5, "the budget kept at least 5 of 6 web pods ready during the drain; saw {min}");
+    let after = pods(&s, "drn", "app=web");
+    assert!(after.iter().all(|p| p.1 != node), "no web pod left on {node}: {after:?}");
+    s.wait_for("6 web pods ready elsewhere", T, || running(&s, "drn", "app=web") == 6);
+    assert!(pods(&s, "drn", "app=agent").iter().any(|p| p.1 == node), "the daemon pod stays");
+    let table = s.ok(&["get", "node", &node]);
+    assert!(table.contains("SchedulingDisabled"), "{table}");
+    s.ok(&["uncordon", &node]);
+    assert_eq!(s.ok(&["get", "node", &node, "-o", "jsonpath={.spec.unschedulable}"]), "");
+
+    // A node's pod range is set once and can never move.
+    let cidr = s.ok(&["get", "node", &node, "-o", "jsonpath={.spec.podCIDR}"]);
+    assert!(cidr.starts_with("10.42."), "{cidr}");
+    let err = s.fails(&[
+        "patch",
+        "node",
+        &node,
+        "-p",
+        r#"{"spec":{"podCIDR":"10.42.250.0/24","podCIDRs":["10.42.250.0/24"]}}"#,
+    ]);
+    assert!(
+        err.contains(r#"spec.podCIDRs: Forbidden: node updates may not change podCIDR except from "" to valid"#),
+        "{err}"
+    );
+    assert_eq!(s.ok(&["get", "node", &node, "-o", "jsonpath={.spec.podCIDR}"]), cidr);
+}
+
+#[test]
+fn pod_gc_deletes_terminated_pods_beyond_the_threshold_and_pods_of_deleted_nodes() {
+    let s = Server::start_with(&["--terminated-pod-gc-threshold", "2", "--node-monitor-grace-period", "4"]);
+    let _sim = s.sim(&["--nodes", "1"]);
+    s.ok(&["create", "namespace", "gc"]);
+    for i in 0..5 {
+        s.apply(&format!(
+            r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "done-{i}", "namespace": "gc",
+                  "annotations": {{"sim.skiff.io/run-for": "100ms"}}}},
+                "spec": {{"restartPolicy": "Never", "containers": [{{"name": "c", "image": "busybox"}}]}}}}"#
+        ));
+        // Distinct creation seconds give the collector an unambiguous age order.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    s.apply(
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stays", "namespace": "gc"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}"#,
+    );
+    // Bound to a node that does not exist: nobody will ever run it.
+    s.apply(
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "orphan", "namespace": "gc"},
+            "spec": {"nodeName": "ghost", "containers": [{"name": "c", "image": "busybox"}]}}"#,
+    );
+    let names = || -> BTreeSet<String> {
+        items(&s.get_json(&["pods", "-n", "gc"]))
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    s.wait_for("the 3 oldest finished pods and the orphan collected", T, || {
+        names() == BTreeSet::from(["done-3".to_string(), "done-4".to_string(), "stays".to_string()])
+    });
+    for p in ["done-3", "done-4"] {
+        assert_eq!(s.ok(&["-n", "gc", "get", "pod", p, "-o", "jsonpath={.status.phase}"]), "Succeeded");
+    }
+    // A running pod is never the collector's business, however long it waits.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(names().contains("stays"));
+}

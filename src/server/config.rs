@@ -82,6 +82,9 @@ pub struct ServerFlags {
     /// Seconds without a heartbeat before a node is NotReady [default: 40]
     #[arg(long, env = "SKIFF_NODE_MONITOR_GRACE_PERIOD", value_name = "SECONDS", hide = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub node_monitor_grace_period: Option<u64>,
+    /// Terminated pods kept before the oldest are deleted; 0 keeps them all [default: 12500]
+    #[arg(long, env = "SKIFF_TERMINATED_POD_GC_THRESHOLD", value_name = "PODS")]
+    pub terminated_pod_gc_threshold: Option<usize>,
     /// Log verbosity, 0-10 [default: 0]
     #[arg(short = 'v', env = "SKIFF_V", value_name = "LEVEL", value_parser = clap::value_parser!(u8).range(0..=10))]
     pub v: Option<u8>,
@@ -111,6 +114,7 @@ pub struct ServerConfig {
     pub disable_controllers: Vec<String>,
     pub node_cidr_mask_size: u8,
     pub node_monitor_grace_period: std::time::Duration,
+    pub terminated_pod_gc_threshold: usize,
 }
 
 /// `/etc/skiff/skiff.yaml` for root, `~/.skiff/skiff.yaml` otherwise.
@@ -236,6 +240,7 @@ impl ServerConfig {
             disable_controllers: f.disable_controller,
             node_cidr_mask_size,
             node_monitor_grace_period: std::time::Duration::from_secs(f.node_monitor_grace_period.unwrap_or(40)),
+            terminated_pod_gc_threshold: f.terminated_pod_gc_threshold.unwrap_or(12_500),
         })
     }
 

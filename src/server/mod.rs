@@ -201,6 +201,7 @@ fn start_components(
         cluster_cidr: cfg.cluster_cidr,
         node_cidr_mask: cfg.node_cidr_mask_size,
         node_monitor_grace: cfg.node_monitor_grace_period,
+        terminated_pod_gc_threshold: cfg.terminated_pod_gc_threshold,
         ca_pem: ca_pem.to_string(),
     });
     let disabled = cfg.disable_controllers.clone();

@@ -487,6 +487,30 @@ pub fn immutable(info: &ResourceInfo, new: &Value, old: &Value) -> Vec<FieldErro
                 check("/spec/clusterIP", "spec.clusterIPs[0]");
             }
         }
+        ("", "nodes") => {
+            // The node IPAM controller may set a node's pod ranges once; nobody may change them.
+            let cidrs = |v: &Value| -> Vec<Value> {
+                match v.pointer("/spec/podCIDRs").and_then(|c| c.as_array()) {
+                    Some(list) if !list.is_empty() => list.clone(),
+                    _ => v.pointer("/spec/podCIDR").filter(|c| !c.is_null()).cloned().into_iter().collect(),
+                }
+            };
+            let before = cidrs(old);
+            let single_changed = old.pointer("/spec/podCIDR").is_some_and(|c| !c.is_null()) && !same("/spec/podCIDR");
+            if !before.is_empty() && (before != cidrs(new) || single_changed) {
+                errs.push(FieldError::forbidden(
+                    "spec.podCIDRs",
+                    "node updates may not change podCIDR except from \"\" to valid",
+                ));
+            }
+            let provider = |v: &Value| v.pointer("/spec/providerID").and_then(|p| p.as_str()).unwrap_or("").to_string();
+            if !provider(old).is_empty() && provider(old) != provider(new) {
+                errs.push(FieldError::forbidden(
+                    "spec.providerID",
+                    "node updates may not change providerID except from \"\" to valid",
+                ));
+            }
+        }
         ("", "configmaps" | "secrets") => {
             if old.get("immutable").and_then(|i| i.as_bool()) == Some(true) {
                 if !same("/data") || !same("/binaryData") {
@@ -561,6 +585,34 @@ pub fn immutable(info: &ResourceInfo, new: &Value, old: &Value) -> Vec<FieldErro
 mod tests {
     use super::*;
     use crate::api::registry::lookup;
+
+    #[test]
+    fn node_pod_cidr_is_set_once() {
+        let n = lookup("", "v1", "nodes").unwrap();
+        let bare = json!({"metadata": {"name": "n"}, "spec": {}});
+        let set = json!({"metadata": {"name": "n"}, "spec": {"podCIDR": "10.42.1.0/24", "podCIDRs": ["10.42.1.0/24"]}});
+        assert!(immutable(n, &set, &bare).is_empty());
+        assert!(immutable(n, &set, &set).is_empty());
+        let moved =
+            json!({"metadata": {"name": "n"}, "spec": {"podCIDR": "10.42.2.0/24", "podCIDRs": ["10.42.2.0/24"]}});
+        let e = immutable(n, &moved, &set);
+        assert_eq!(e.len(), 1);
+        assert_eq!(
+            e[0].to_string(),
+            "spec.podCIDRs: Forbidden: node updates may not change podCIDR except from \"\" to valid"
+        );
+        assert_eq!(immutable(n, &bare, &set).len(), 1);
+        let mut only_single = set.clone();
+        only_single["spec"]["podCIDR"] = json!("10.42.9.0/24");
+        assert_eq!(immutable(n, &only_single, &set).len(), 1);
+        let p1 = json!({"metadata": {"name": "n"}, "spec": {"providerID": "skiff://a"}});
+        let p2 = json!({"metadata": {"name": "n"}, "spec": {"providerID": "skiff://b"}});
+        assert!(immutable(n, &p1, &bare).is_empty());
+        assert_eq!(
+            immutable(n, &p2, &p1)[0].to_string(),
+            "spec.providerID: Forbidden: node updates may not change providerID except from \"\" to valid"
+        );
+    }
 
     #[test]
     fn deployment_selector_must_match() {

@@ -23,6 +23,7 @@ pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod per_namespace;
+pub mod podgc;
 pub mod pods;
 pub mod replicaset;
 pub mod rootca;
@@ -58,6 +59,7 @@ pub const NAMES: &[&str] = &[
     "job",
     "cronjob",
     "ttl-after-finished",
+    "podgc",
 ];
 
 /// What controllers share.
@@ -72,6 +74,8 @@ pub struct Ctx {
     pub node_cidr_mask: u8,
     /// How long a node may go without a heartbeat before it is NotReady.
     pub node_monitor_grace: Duration,
+    /// Terminated pods kept before the oldest are deleted (0: never).
+    pub terminated_pod_gc_threshold: usize,
     /// The cluster CA bundle published in every namespace.
     pub ca_pem: String,
 }
@@ -111,6 +115,7 @@ pub async fn run(ctx: Arc<Ctx>, disabled: Vec<String>, cancel: CancellationToken
     start!("job", job::run);
     start!("cronjob", cronjob::run);
     start!("ttl-after-finished", ttlafterfinished::run);
+    start!("podgc", podgc::run);
     tracing::info!(disabled = ?disabled, "controllers started");
     while tasks.join_next().await.is_some() {}
 }

@@ -1,0 +1,231 @@
+//! Control-plane benchmark: 100 simulated nodes (`skiff sim`), 10,000 pods created as 100
+//! Deployments of 100, then a rolling update of all 100 Deployments at once.
+//!
+//! Run: `cargo bench --bench control_plane` (see BENCHMARKS.md). It starts the release server
+//! and one `skiff sim` process on a loopback port in a temp dir and stops both when done.
+//! Reports the time until every pod is bound and Running, the binding rate, and the server's
+//! RSS, from a watch on the pods and a poll of the Deployments' status.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, Event};
+
+use common::Server;
+
+const NODES: usize = 100;
+const DEPLOYMENTS: usize = 100;
+const REPLICAS: usize = 100;
+const PODS: usize = DEPLOYMENTS * REPLICAS;
+const NS: &str = "bench";
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// When each pod was first seen bound and first seen Running and Ready.
+#[derive(Default)]
+struct Seen {
+    bound: HashMap<String, Instant>,
+    running: HashMap<String, Instant>,
+}
+
+fn deployment(i: usize) -> Deployment {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": format!("d-{i:03}"), "namespace": NS},
+        "spec": {
+            "replicas": REPLICAS,
+            "selector": {"matchLabels": {"app": format!("d-{i:03}")}},
+            "template": {
+                "metadata": {"labels": {"app": format!("d-{i:03}")}},
+                "spec": {"containers": [{"name": "app", "image": "busybox:1.36", "command": ["sleep", "infinity"],
+                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]},
+            },
+        },
+    }))
+    .expect("deployment")
+}
+
+fn is_running(p: &Pod) -> bool {
+    let st = p.status.as_ref();
+    st.and_then(|s| s.phase.as_deref()) == Some("Running")
+        && st
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Every Deployment rolled out: all replicas updated and available, no old pods left.
+fn rolled_out(list: &[Deployment]) -> usize {
+    list.iter()
+        .filter(|d| {
+            let (Some(st), Some(generation)) = (d.status.as_ref(), d.metadata.generation) else { return false };
+            st.observed_generation == Some(generation)
+                && st.updated_replicas == Some(REPLICAS as i32)
+                && st.available_replicas == Some(REPLICAS as i32)
+                && st.replicas == Some(REPLICAS as i32)
+        })
+        .count()
+}
+
+fn main() {
+    let s = Server::start();
+    let pid = s.child.as_ref().expect("server process").id();
+    let rss_start = status_kib(pid, "VmRSS:");
+    let t_sim = Instant::now();
+    let nodes = NODES.to_string();
+    let _sim = s.sim(&["--nodes", &nodes, "--cpu", "32", "--memory", "64Gi", "--max-pods", "110"]);
+    println!("{NODES} simulated nodes Ready in {:.1} s", t_sim.elapsed().as_secs_f64());
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let kc = kube::config::Kubeconfig::read_from(&s.kubeconfig).expect("kubeconfig");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("config");
+        let client = kube::Client::try_from(cfg).expect("client");
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": NS}})).expect("namespace");
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
+
+        // One watch on the namespace's pods records when each pod is bound and running.
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+        let watch = {
+            let seen = seen.clone();
+            let mut stream = watcher::watcher(pods.clone(), watcher::Config::default()).boxed();
+            tokio::spawn(async move {
+                loop {
+                    let ev = match stream.try_next().await {
+                        Ok(Some(ev)) => ev,
+                        Ok(None) => break,
+                        Err(e) => {
+                            // The watcher resumes by itself; say so and keep polling it.
+                            eprintln!("  (pod watch: {e})");
+                            continue;
+                        }
+                    };
+                    let (Event::Apply(p) | Event::InitApply(p)) = ev else { continue };
+                    let now = Instant::now();
+                    let name = p.metadata.name.clone().unwrap_or_default();
+                    let mut g = seen.lock().unwrap();
+                    if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
+                        g.bound.entry(name.clone()).or_insert(now);
+                    }
+                    if is_running(&p) {
+                        g.running.entry(name).or_insert(now);
+                    }
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+        let t0 = Instant::now();
+        futures::stream::iter(0..DEPLOYMENTS)
+            .map(|i| {
+                let api = deployments.clone();
+                async move { api.create(&PostParams::default(), &deployment(i)).await.expect("create deployment") }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        println!("{DEPLOYMENTS} Deployments created in {:.2} s", t0.elapsed().as_secs_f64());
+
+        let deadline = t0 + Duration::from_secs(600);
+        let mut progress = Instant::now();
+        loop {
+            let (b, r) = {
+                let g = seen.lock().unwrap();
+                (g.bound.len(), g.running.len())
+            };
+            if r >= PODS {
+                break;
+            }
+            assert!(Instant::now() < deadline, "only {b} bound and {r} running after 600 s");
+            if progress.elapsed() >= Duration::from_secs(5) {
+                progress = Instant::now();
+                eprintln!(
+                    "  ({:.0} s: {b} bound, {r} running; server RSS {:.1} MiB)",
+                    t0.elapsed().as_secs_f64(),
+                    mib(status_kib(pid, "VmRSS:"))
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (first_bound, last_bound, last_running) = {
+            let g = seen.lock().unwrap();
+            (
+                *g.bound.values().min().expect("binds"),
+                *g.bound.values().max().expect("binds"),
+                *g.running.values().max().expect("running"),
+            )
+        };
+        let all_bound = last_bound - t0;
+        let all_running = last_running - t0;
+        let bind_window = (last_bound - first_bound).as_secs_f64();
+        println!("all {PODS} pods bound after {:.2} s, all Running and Ready after {:.2} s", all_bound.as_secs_f64(), all_running.as_secs_f64());
+        println!(
+            "binding rate: {:.0} pods/s from the first bind to the last ({bind_window:.2} s); {:.0} pods/s from the first create",
+            PODS as f64 / bind_window.max(1e-3),
+            PODS as f64 / all_bound.as_secs_f64()
+        );
+        println!(
+            "server RSS with {PODS} pods running: {:.1} MiB (peak {:.1} MiB, {:.1} MiB at start)",
+            mib(status_kib(pid, "VmRSS:")),
+            mib(status_kib(pid, "VmHWM:")),
+            mib(rss_start)
+        );
+
+        // Churn: a new image for every Deployment at once.
+        let t1 = Instant::now();
+        futures::stream::iter(0..DEPLOYMENTS)
+            .map(|i| {
+                let api = deployments.clone();
+                async move {
+                    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "busybox:1.37"}]}}}});
+                    api.patch(&format!("d-{i:03}"), &PatchParams::default(), &Patch::Strategic(&patch)).await.expect("patch")
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        let deadline = t1 + Duration::from_secs(900);
+        loop {
+            let list = deployments.list(&ListParams::default()).await.expect("list deployments");
+            let done = rolled_out(&list.items);
+            if done == DEPLOYMENTS {
+                break;
+            }
+            assert!(Instant::now() < deadline, "only {done} of {DEPLOYMENTS} Deployments rolled out after 900 s");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let churn = t1.elapsed();
+        let remaining = pods.list_metadata(&ListParams::default()).await.expect("list pods").items.len();
+        println!(
+            "rolling update of all {DEPLOYMENTS} Deployments: complete after {:.2} s ({remaining} pods at the end)",
+            churn.as_secs_f64()
+        );
+        println!(
+            "server RSS after the rolling update: {:.1} MiB (peak {:.1} MiB)",
+            mib(status_kib(pid, "VmRSS:")),
+            mib(status_kib(pid, "VmHWM:"))
+        );
+        watch.abort();
+    });
+}
