@@ -291,12 +291,12 @@ impl Scheduler {
                 if node.metadata.deletion_timestamp.is_some() {
                     continue;
                 }
-                let why = filter::run(&cycle, node, info);
-                if why.is_empty() {
-                    feasible.push((node.as_ref(), info));
-                } else {
-                    for r in why {
-                        *reasons.entry(r).or_default() += 1;
+                match filter::run(&cycle, node, info) {
+                    Ok(()) => feasible.push((node.as_ref(), info)),
+                    Err(why) => {
+                        for r in why.reasons {
+                            *reasons.entry(r).or_default() += 1;
+                        }
                     }
                 }
             }
