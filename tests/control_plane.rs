@@ -246,9 +246,11 @@ fn scheduler_places_pods_where_upstream_would() {
     wait_bound("tol");
     assert_eq!(node_of("tol"), "gpu-0");
 
-    // Without the toleration nothing fits: the condition and event say why, as upstream.
+    // Without the toleration nothing fits: the condition and event say why, as upstream (whose
+    // preemption adds that removing pods cannot change any of these).
     s.apply(&pod("notol", r#", "nodeSelector": {"kubernetes.io/hostname": "gpu-0"}"#));
-    let msg = "0/4 nodes are available: 1 node(s) had untolerated taint {gpu: true}, 3 node(s) didn't match Pod's node affinity/selector.";
+    let msg = "0/4 nodes are available: 1 node(s) had untolerated taint {gpu: true}, 3 node(s) didn't match Pod's node affinity/selector. \
+               preemption: 0/4 nodes are available: 4 Preemption is not helpful for scheduling..";
     s.wait_for("the Unschedulable condition", T, || {
         s.ok(&[
             "-n",

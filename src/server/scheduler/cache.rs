@@ -15,6 +15,7 @@ use crate::runtime::Key;
 pub type HostPort = (String, String, i32);
 
 /// A pod placed on a node.
+#[derive(Clone)]
 pub struct PodInfo {
     pub pod: Arc<Pod>,
     pub node: String,
@@ -27,7 +28,7 @@ pub struct PodInfo {
 }
 
 /// A node and what is placed on it.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct NodeInfo {
     pub node: Option<Arc<Node>>,
     pub allocatable: Resources,
@@ -37,6 +38,56 @@ pub struct NodeInfo {
     pub ports: Vec<HostPort>,
     /// Pods per controller owner UID (for the default spreading of replicas).
     pub by_owner: HashMap<String, u32>,
+}
+
+impl PodInfo {
+    /// What `pod` takes from `node`.
+    pub fn new(pod: Arc<Pod>, node: String, assumed: bool) -> PodInfo {
+        PodInfo {
+            requests: pod_requests(&pod),
+            non_zero: non_zero_requests(&pod),
+            ports: host_ports(&pod),
+            owner: controller_uid(&pod),
+            node,
+            assumed,
+            pod,
+        }
+    }
+}
+
+impl NodeInfo {
+    /// Counts `p` on this node.
+    pub fn add(&mut self, p: &PodInfo) {
+        self.requested.add(&p.requests);
+        self.non_zero.0 += p.non_zero.0;
+        self.non_zero.1 += p.non_zero.1;
+        self.ports.extend(p.ports.iter().cloned());
+        if let Some(o) = &p.owner {
+            *self.by_owner.entry(o.clone()).or_default() += 1;
+        }
+        self.pods.insert(Key::of(p.pod.as_ref()));
+    }
+
+    /// Stops counting `p` on this node.
+    pub fn remove(&mut self, p: &PodInfo) {
+        self.requested.sub(&p.requests);
+        self.non_zero.0 -= p.non_zero.0;
+        self.non_zero.1 -= p.non_zero.1;
+        for port in &p.ports {
+            if let Some(i) = self.ports.iter().position(|x| x == port) {
+                self.ports.remove(i);
+            }
+        }
+        if let Some(o) = &p.owner
+            && let Some(c) = self.by_owner.get_mut(o)
+        {
+            *c -= 1;
+            if *c == 0 {
+                self.by_owner.remove(o);
+            }
+        }
+        self.pods.remove(&Key::of(p.pod.as_ref()));
+    }
 }
 
 /// The host ports a pod asks for.
@@ -86,6 +137,11 @@ impl Cache {
     /// Nodes that exist (pods may name nodes that do not).
     pub fn nodes(&self) -> impl Iterator<Item = (&Arc<Node>, &NodeInfo)> {
         self.nodes.values().filter_map(|n| n.node.as_ref().map(|node| (node, n)))
+    }
+
+    /// A node that exists, by name.
+    pub fn node(&self, name: &str) -> Option<(&Arc<Node>, &NodeInfo)> {
+        self.nodes.get(name).and_then(|n| n.node.as_ref().map(|node| (node, n)))
     }
 
     pub fn node_count(&self) -> usize {
@@ -145,24 +201,8 @@ impl Cache {
             }
             self.remove_pod(&key);
         }
-        let info = PodInfo {
-            requests: pod_requests(&pod),
-            non_zero: non_zero_requests(&pod),
-            ports: host_ports(&pod),
-            owner: controller_uid(&pod),
-            node: node.clone(),
-            assumed,
-            pod,
-        };
-        let n = self.nodes.entry(node).or_default();
-        n.requested.add(&info.requests);
-        n.non_zero.0 += info.non_zero.0;
-        n.non_zero.1 += info.non_zero.1;
-        n.ports.extend(info.ports.iter().cloned());
-        if let Some(o) = &info.owner {
-            *n.by_owner.entry(o.clone()).or_default() += 1;
-        }
-        n.pods.insert(key.clone());
+        let info = PodInfo::new(pod, node.clone(), assumed);
+        self.nodes.entry(node).or_default().add(&info);
         if has_required_anti_affinity(&info.pod) {
             self.with_anti_affinity.insert(key.clone());
         }
@@ -173,23 +213,7 @@ impl Cache {
         let Some(info) = self.pods.remove(key) else { return };
         self.with_anti_affinity.remove(key);
         let Some(n) = self.nodes.get_mut(&info.node) else { return };
-        n.requested.sub(&info.requests);
-        n.non_zero.0 -= info.non_zero.0;
-        n.non_zero.1 -= info.non_zero.1;
-        for p in &info.ports {
-            if let Some(i) = n.ports.iter().position(|x| x == p) {
-                n.ports.remove(i);
-            }
-        }
-        if let Some(o) = &info.owner
-            && let Some(c) = n.by_owner.get_mut(o)
-        {
-            *c -= 1;
-            if *c == 0 {
-                n.by_owner.remove(o);
-            }
-        }
-        n.pods.remove(key);
+        n.remove(&info);
         if n.node.is_none() && n.pods.is_empty() {
             self.nodes.remove(&info.node);
         }

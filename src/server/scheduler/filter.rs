@@ -1,5 +1,7 @@
 //! Filters: whether a pod can go to a node, in upstream's plugin order, each failing with the
-//! reason upstream prints in `0/N nodes are available: ...`.
+//! reason upstream prints in `0/N nodes are available: ...` and with upstream's status code:
+//! whether removing pods from the node could make it fit (`Unschedulable`) or not
+//! (`UnschedulableAndUnresolvable`), which decides where preemption looks.
 
 use k8s_openapi::api::core::v1::{Node, Taint};
 
@@ -14,8 +16,27 @@ fn domain<'n>(node: &'n Node, key: &str) -> Option<&'n String> {
     node.metadata.labels.as_ref().and_then(|l| l.get(key))
 }
 
-/// Runs every filter; the reasons the node is unfit (empty when it fits).
-pub fn run(c: &Cycle, node: &Node, info: &NodeInfo) -> Vec<String> {
+/// Why a node does not fit a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfit {
+    pub reasons: Vec<String>,
+    /// Whether removing pods from the node could make it fit (upstream's `Unschedulable`, as
+    /// against `UnschedulableAndUnresolvable`).
+    pub resolvable: bool,
+}
+
+impl Unfit {
+    fn resolvable(reasons: Vec<String>) -> Unfit {
+        Unfit { reasons, resolvable: true }
+    }
+
+    fn unresolvable(reason: impl Into<String>) -> Unfit {
+        Unfit { reasons: vec![reason.into()], resolvable: false }
+    }
+}
+
+/// Runs every filter, stopping at the first that fails.
+pub fn run(c: &Cycle, node: &Node, info: &NodeInfo) -> Result<(), Unfit> {
     let spec = c.pod.spec.as_ref();
     let tolerations = spec.and_then(|s| s.tolerations.as_deref()).unwrap_or(&[]);
     let node_spec = node.spec.as_ref();
@@ -23,21 +44,25 @@ pub fn run(c: &Cycle, node: &Node, info: &NodeInfo) -> Vec<String> {
     if node_spec.and_then(|s| s.unschedulable) == Some(true) {
         let cordon = Taint { key: UNSCHEDULABLE_TAINT.into(), effect: "NoSchedule".into(), ..Default::default() };
         if !tolerations.iter().any(|t| tolerates(t, &cordon)) {
-            return vec!["node(s) were unschedulable".into()];
+            return Err(Unfit::unresolvable("node(s) were unschedulable"));
         }
     }
     // TaintToleration
     let taints = node_spec.and_then(|s| s.taints.as_deref()).unwrap_or(&[]);
     if let Some(t) = untolerated(taints, tolerations, &["NoSchedule", "NoExecute"]) {
-        return vec![format!("node(s) had untolerated taint {{{}: {}}}", t.key, t.value.as_deref().unwrap_or(""))];
+        return Err(Unfit::unresolvable(format!(
+            "node(s) had untolerated taint {{{}: {}}}",
+            t.key,
+            t.value.as_deref().unwrap_or("")
+        )));
     }
     // NodeAffinity
     if !node_affinity_matches(c.pod, node) {
-        return vec!["node(s) didn't match Pod's node affinity/selector".into()];
+        return Err(Unfit::unresolvable("node(s) didn't match Pod's node affinity/selector"));
     }
     // NodePorts
     if !c.ports.is_empty() && ports_conflict(&info.ports, &c.ports) {
-        return vec!["node(s) didn't have free ports for the requested pod ports".into()];
+        return Err(Unfit::resolvable(vec!["node(s) didn't have free ports for the requested pod ports".into()]));
     }
     // NodeResourcesFit
     let mut insufficient = Vec::new();
@@ -60,29 +85,37 @@ pub fn run(c: &Cycle, node: &Node, info: &NodeInfo) -> Vec<String> {
         }
     }
     if !insufficient.is_empty() {
-        return insufficient;
+        return Err(Unfit::resolvable(insufficient));
     }
     // PodTopologySpread
     for s in &c.hard_spread {
         let Some(v) = domain(node, &s.constraint.topology_key) else {
-            return vec!["node(s) didn't match pod topology spread constraints (missing required label)".into()];
+            return Err(Unfit::unresolvable(
+                "node(s) didn't match pod topology spread constraints (missing required label)",
+            ));
         };
         let count = s.counts.get(v).copied().unwrap_or(0);
         if count + s.self_match - s.min > s.constraint.max_skew as i64 {
-            return vec!["node(s) didn't match pod topology spread constraints".into()];
+            return Err(Unfit::resolvable(vec!["node(s) didn't match pod topology spread constraints".into()]));
         }
     }
     // InterPodAffinity
-    if c.forbidden.iter().any(|(k, v)| domain(node, k) == Some(v)) {
-        return vec!["node(s) didn't satisfy existing pods anti-affinity rules".into()];
+    let holds = |key: &str, counts: &std::collections::HashMap<String, i64>| {
+        domain(node, key).is_some_and(|v| counts.get(v).is_some_and(|n| *n > 0))
+    };
+    if c.forbidden.iter().any(|((k, v), n)| *n > 0 && domain(node, k) == Some(v)) {
+        return Err(Unfit::resolvable(vec!["node(s) didn't satisfy existing pods anti-affinity rules".into()]));
     }
-    if let Some(terms) = &c.affinity
-        && !terms.iter().all(|(k, domains)| domain(node, k).is_some_and(|v| domains.contains(v)))
-    {
-        return vec!["node(s) didn't match pod affinity rules".into()];
+    if c.has_affinity() {
+        // The first pod of a group that selects itself may go anywhere while no pod matches.
+        let none_match = c.affinity.iter().all(|(_, counts)| counts.values().all(|n| *n <= 0));
+        let first_of_group = none_match && c.affinity_self_match;
+        if !first_of_group && !c.affinity.iter().all(|(k, counts)| holds(k, counts)) {
+            return Err(Unfit::unresolvable("node(s) didn't match pod affinity rules"));
+        }
     }
-    if c.anti_affinity.iter().any(|(k, domains)| domain(node, k).is_some_and(|v| domains.contains(v))) {
-        return vec!["node(s) didn't match pod anti-affinity rules".into()];
+    if c.anti_affinity.iter().any(|(k, counts)| holds(k, counts)) {
+        return Err(Unfit::resolvable(vec!["node(s) didn't match pod anti-affinity rules".into()]));
     }
-    Vec::new()
+    Ok(())
 }

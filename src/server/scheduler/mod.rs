@@ -5,14 +5,17 @@
 //! node and the [`score`]s over the feasible ones, *assumes* the pod onto the best node and
 //! hands the `pods/binding` call to a background task, so the next pod is scheduled while the
 //! last one binds. A pod no node fits gets `PodScheduled=False` (`Unschedulable`) and a
-//! `FailedScheduling` event, and waits for the cluster to change.
+//! `FailedScheduling` event, may [`preempt`] pods of lower priority, and waits for the cluster
+//! to change.
 //!
-//! Invariant: an API client only. It never changes a pod except through `pods/binding` and the
-//! `PodScheduled` condition, and never touches nodes.
+//! Invariant: an API client only. It changes pods only through `pods/binding`, the
+//! `PodScheduled` condition and `nominatedNodeName`, and, when preempting, the victims'
+//! `DisruptionTarget` condition and their deletion; it never touches nodes.
 
 pub mod cache;
 pub mod cycle;
 pub mod filter;
+pub mod preempt;
 pub mod queue;
 pub mod resources;
 pub mod score;
@@ -23,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -35,6 +39,8 @@ use crate::runtime::events::{EventType, Recorder};
 use crate::runtime::{Change, Informers, Key};
 use cache::Cache;
 use cycle::Cycle;
+use filter::Unfit;
+use preempt::Nominate;
 use queue::SchedulingQueue;
 
 /// The scheduler name pods ask for by default.
@@ -56,12 +62,23 @@ struct Scheduler {
     pods: Arc<crate::runtime::Informer<Pod>>,
     namespaces: Arc<crate::runtime::Informer<Namespace>>,
     classes: Arc<crate::runtime::Informer<PriorityClass>>,
+    pdbs: Arc<crate::runtime::Informer<PodDisruptionBudget>>,
+    /// Pending pods nominated to nodes by preemption.
+    nominations: preempt::Nominations,
     /// Fingerprint of each unschedulable pod when it was last tried, so our own status writes
     /// do not retrigger it.
     tried: HashMap<Key, u64>,
     binds: Arc<Semaphore>,
     failures: mpsc::UnboundedSender<BindFailure>,
+    /// Preemptors whose victims could not all be deleted.
+    preempt_failures: mpsc::UnboundedSender<Key>,
     tie_break: usize,
+}
+
+/// What one scheduling attempt concluded.
+enum Decision {
+    Bind(String),
+    Unschedulable { message: String, nominate: Nominate, preempt: Option<preempt::Decision> },
 }
 
 fn is_pending_for_us(pod: &Pod) -> bool {
@@ -86,13 +103,21 @@ pub async fn run(client: Client, informers: Arc<Informers>, cancel: Cancellation
     let nodes = informers.get::<Node>();
     let namespaces = informers.get::<Namespace>();
     let classes = informers.get::<PriorityClass>();
+    let pdbs = informers.get::<PodDisruptionBudget>();
     let mut pod_changes = pods.subscribe();
     let mut node_changes = nodes.subscribe();
     tokio::select! {
         _ = cancel.cancelled() => return,
-        _ = async { pods.synced().await; nodes.synced().await; namespaces.synced().await; classes.synced().await } => {}
+        _ = async {
+            pods.synced().await;
+            nodes.synced().await;
+            namespaces.synced().await;
+            classes.synced().await;
+            pdbs.synced().await;
+        } => {}
     }
     let (failures, mut failed) = mpsc::unbounded_channel();
+    let (preempt_failures, mut preempt_failed) = mpsc::unbounded_channel();
     let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
     let mut s = Scheduler {
         recorder: Recorder::new(client.clone(), DEFAULT_SCHEDULER, &host),
@@ -102,9 +127,12 @@ pub async fn run(client: Client, informers: Arc<Informers>, cancel: Cancellation
         pods,
         namespaces,
         classes,
+        pdbs,
+        nominations: preempt::Nominations::default(),
         tried: HashMap::new(),
         binds: Arc::new(Semaphore::new(BIND_CONCURRENCY)),
         failures,
+        preempt_failures,
         tie_break: 0,
     };
     for n in nodes.list() {
@@ -131,6 +159,9 @@ pub async fn run(client: Client, informers: Arc<Informers>, cancel: Cancellation
         while let Ok(f) = failed.try_recv() {
             s.on_bind_failure(f);
         }
+        while let Ok(k) = preempt_failed.try_recv() {
+            s.on_preempt_failure(k);
+        }
         if let Some(key) = s.queue.pop() {
             s.schedule_one(key).await;
             continue;
@@ -148,6 +179,7 @@ pub async fn run(client: Client, informers: Arc<Informers>, cancel: Cancellation
                 None => return,
             },
             Some(f) = failed.recv() => s.on_bind_failure(f),
+            Some(k) = preempt_failed.recv() => s.on_preempt_failure(k),
             _ = tokio::time::sleep_until(wake) => {}
         }
     }
@@ -173,6 +205,8 @@ impl Scheduler {
                     if self.cache.is_assumed(&key) {
                         return;
                     }
+                    let prio = self.priority(&pod);
+                    self.nominations.observe(&pod, prio);
                     let fp = fingerprint(&pod);
                     if self.queue.contains(&key) && self.tried.get(&key) == Some(&fp) {
                         return;
@@ -181,10 +215,10 @@ impl Scheduler {
                         // Our own condition write on a pod we are about to retry anyway.
                         return;
                     }
-                    let prio = self.priority(&pod);
                     self.queue.add(key, prio);
                     return;
                 }
+                self.nominations.forget(&key);
                 self.queue.remove(&key);
                 self.tried.remove(&key);
                 let was_placed = self.cache.pod(&key).is_some();
@@ -196,6 +230,7 @@ impl Scheduler {
             }
             Change::Deleted(pod) => {
                 let key = Key::of(pod.as_ref());
+                self.nominations.forget(&key);
                 self.queue.remove(&key);
                 self.tried.remove(&key);
                 if self.cache.pod(&key).is_some() {
@@ -220,14 +255,19 @@ impl Scheduler {
         for k in stale {
             self.cache.remove_pod(&k);
         }
+        self.nominations.retain(|k| live.contains(k));
         for p in all {
             let key = Key::of(p.as_ref());
             if is_pending_for_us(&p) {
-                if !self.cache.is_assumed(&key) && !self.queue.contains(&key) {
+                if !self.cache.is_assumed(&key) {
                     let prio = self.priority(&p);
-                    self.queue.add(key, prio);
+                    self.nominations.observe(&p, prio);
+                    if !self.queue.contains(&key) {
+                        self.queue.add(key, prio);
+                    }
                 }
             } else {
+                self.nominations.forget(&key);
                 self.cache.set_pod(p, false);
             }
         }
@@ -261,6 +301,15 @@ impl Scheduler {
         }
     }
 
+    fn on_preempt_failure(&mut self, key: Key) {
+        if let Some(pod) = self.pods.get(&key.namespace, &key.name)
+            && is_pending_for_us(&pod)
+            && !self.cache.is_assumed(&key)
+        {
+            self.queue.retry(key);
+        }
+    }
+
     async fn schedule_one(&mut self, key: Key) {
         let Some(pod) = self.pods.get(&key.namespace, &key.name) else { return };
         if !is_pending_for_us(&pod) || self.cache.is_assumed(&key) {
@@ -268,8 +317,13 @@ impl Scheduler {
         }
         self.tried.insert(key.clone(), fingerprint(&pod));
         if pod.spec.as_ref().and_then(|s| s.scheduling_gates.as_ref()).is_some_and(|g| !g.is_empty()) {
-            self.set_condition(&pod, "SchedulingGated", "Scheduling is blocked due to non-empty scheduling gates")
-                .await;
+            self.set_condition(
+                &pod,
+                "SchedulingGated",
+                "Scheduling is blocked due to non-empty scheduling gates",
+                &Nominate::Keep,
+            )
+            .await;
             self.queue.unschedulable(key);
             return;
         }
@@ -283,40 +337,119 @@ impl Scheduler {
             HashMap::new()
         };
         let ns_labels = |ns: &str| ns_index.get(ns).cloned().unwrap_or_default();
+        self.tie_break = self.tie_break.wrapping_add(1);
+        let tie_break = self.tie_break;
+        let priority = self.priority(&pod);
         let decision = {
             let cycle = Cycle::new(&pod, &self.cache, &ns_labels);
-            let mut feasible = Vec::new();
-            let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-            for (node, info) in self.cache.nodes() {
-                if node.metadata.deletion_timestamp.is_some() {
-                    continue;
-                }
-                let why = filter::run(&cycle, node, info);
-                if why.is_empty() {
-                    feasible.push((node.as_ref(), info));
-                } else {
-                    for r in why {
-                        *reasons.entry(r).or_default() += 1;
+            // Pods nominated to a node with at least this priority keep their room there.
+            let ahead = self.nominations.ahead_of(&key, priority);
+            let nominated = |name: &str| ahead.get(name).map(Vec::as_slice).unwrap_or(&[]);
+            let fits = |node: &Node, info: &cache::NodeInfo| {
+                let name = node.metadata.name.as_deref().unwrap_or("");
+                preempt::filter_with_nominated(&cycle, node, info, nominated(name))
+            };
+            // A pod nominated to a node tries that node first (upstream's evaluateNominatedNode).
+            let own = self.nominations.node_of(&key).or_else(|| {
+                pod.status.as_ref().and_then(|s| s.nominated_node_name.as_deref()).filter(|n| !n.is_empty())
+            });
+            let own = own
+                .and_then(|name| self.cache.node(name))
+                .filter(|(node, info)| node.metadata.deletion_timestamp.is_none() && fits(node, info).is_ok());
+            if let Some((node, _)) = own {
+                Decision::Bind(node.metadata.name.clone().unwrap_or_default())
+            } else {
+                let mut feasible = Vec::new();
+                let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+                let mut unfit: HashMap<String, Unfit> = HashMap::new();
+                for (node, info) in self.cache.nodes() {
+                    if node.metadata.deletion_timestamp.is_some() {
+                        continue;
+                    }
+                    match fits(node, info) {
+                        Ok(()) => feasible.push((node.as_ref(), info)),
+                        Err(why) => {
+                            for r in &why.reasons {
+                                *reasons.entry(r.clone()).or_default() += 1;
+                            }
+                            unfit.insert(node.metadata.name.clone().unwrap_or_default(), why);
+                        }
                     }
                 }
-            }
-            if feasible.is_empty() {
-                Err(unschedulable_message(self.cache.node_count(), &reasons))
-            } else {
-                let scores = score::run(&cycle, &feasible);
-                let best = scores.iter().copied().max().unwrap_or(0);
-                let ties: Vec<usize> = (0..feasible.len()).filter(|i| scores[*i] == best).collect();
-                self.tie_break = self.tie_break.wrapping_add(1);
-                let pick = ties[self.tie_break % ties.len()];
-                Ok(feasible[pick].0.metadata.name.clone().unwrap_or_default())
+                if feasible.is_empty() {
+                    let message = unschedulable_message(self.cache.node_count(), &reasons);
+                    if self.cache.node_count() == 0 {
+                        Decision::Unschedulable { message, nominate: Nominate::Keep, preempt: None }
+                    } else {
+                        let pdbs = self.pdbs.list();
+                        let priority_of = |p: &Pod| self.priority(p);
+                        let request = preempt::Request {
+                            pod: &pod,
+                            key: &key,
+                            search: preempt::Search {
+                                cycle: &cycle,
+                                cache: &self.cache,
+                                priority,
+                                priority_of: &priority_of,
+                                pdbs: &pdbs,
+                                now: chrono::Utc::now(),
+                            },
+                            unfit: &unfit,
+                            nominations: &self.nominations,
+                            offset: tie_break,
+                        };
+                        match preempt::preempt(&request) {
+                            preempt::Outcome::NotEligible(why) => Decision::Unschedulable {
+                                message: format!("{message} preemption: {why}."),
+                                nominate: Nominate::Keep,
+                                preempt: None,
+                            },
+                            preempt::Outcome::NoCandidate(why) => Decision::Unschedulable {
+                                message: format!("{message} preemption: {why}."),
+                                nominate: Nominate::Clear,
+                                preempt: None,
+                            },
+                            preempt::Outcome::Preempt(d) => Decision::Unschedulable {
+                                message,
+                                nominate: Nominate::Set(d.node.clone()),
+                                preempt: Some(d),
+                            },
+                        }
+                    }
+                } else {
+                    let scores = score::run(&cycle, &feasible);
+                    let best = scores.iter().copied().max().unwrap_or(0);
+                    let ties: Vec<usize> = (0..feasible.len()).filter(|i| scores[*i] == best).collect();
+                    let pick = ties[tie_break % ties.len()];
+                    Decision::Bind(feasible[pick].0.metadata.name.clone().unwrap_or_default())
+                }
             }
         };
         match decision {
-            Ok(node) => self.assume_and_bind(pod, key, node),
-            Err(message) => {
+            Decision::Bind(node) => self.assume_and_bind(pod, key, node),
+            Decision::Unschedulable { message, nominate, preempt } => {
                 tracing::debug!(pod = %key, %message, "unschedulable");
+                match &nominate {
+                    Nominate::Set(node) => self.nominations.nominate(pod.clone(), node.clone(), priority),
+                    Nominate::Clear => self.nominations.forget(&key),
+                    Nominate::Keep => {}
+                }
+                if let Some(d) = preempt {
+                    tracing::info!(pod = %key, node = %d.node, victims = d.victims.len(), "preempting");
+                    for p in &d.lower_nominated {
+                        self.nominations.forget(&Key::of(p.as_ref()));
+                    }
+                    let (client, recorder) = (self.client.clone(), self.recorder.clone());
+                    let (failures, preemptor, k) = (self.preempt_failures.clone(), pod.clone(), key.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = preempt::act(client, recorder, preemptor, d).await {
+                            tracing::warn!(pod = %k, error = %e, "preemption failed");
+                            let _ = failures.send(k);
+                        }
+                    });
+                }
                 self.recorder.record(pod.as_ref(), EventType::Warning, "FailedScheduling", message.clone());
-                self.set_condition(&pod, "Unschedulable", &message).await;
+                self.set_condition(&pod, "Unschedulable", &message, &nominate).await;
                 self.queue.unschedulable(key);
             }
         }
@@ -328,7 +461,7 @@ impl Scheduler {
             let json = serde_json::to_string(&a).unwrap_or_default();
             json.contains("namespaceSelector")
         };
-        uses(pod) || !self.cache.with_anti_affinity.is_empty()
+        uses(pod) || !self.cache.with_anti_affinity.is_empty() || !self.nominations.is_empty()
     }
 
     fn assume_and_bind(&mut self, pod: Arc<Pod>, key: Key, node: String) {
@@ -337,6 +470,7 @@ impl Scheduler {
             spec.node_name = Some(node.clone());
         }
         self.cache.set_pod(Arc::new(assumed), true);
+        self.nominations.forget(&key);
         self.queue.remove(&key);
         self.tried.remove(&key);
         let client = self.client.clone();
@@ -376,16 +510,25 @@ impl Scheduler {
         });
     }
 
-    /// Sets `PodScheduled=False` with `reason`, unless it already says exactly that.
-    async fn set_condition(&self, pod: &Pod, reason: &str, message: &str) {
+    /// Sets `PodScheduled=False` with `reason` and the nominated node as `nominate` says, in one
+    /// status patch, unless the status already says exactly that.
+    async fn set_condition(&self, pod: &Pod, reason: &str, message: &str, nominate: &Nominate) {
         let current = pod
             .status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"));
-        if current.is_some_and(|c| {
-            c.status == "False" && c.reason.as_deref() == Some(reason) && c.message.as_deref() == Some(message)
-        }) {
+        let nominated = pod.status.as_ref().and_then(|s| s.nominated_node_name.as_deref()).filter(|n| !n.is_empty());
+        let nomination = match nominate {
+            Nominate::Set(node) if nominated != Some(node.as_str()) => Some(json!(node)),
+            Nominate::Clear if nominated.is_some() => Some(serde_json::Value::Null),
+            _ => None,
+        };
+        if nomination.is_none()
+            && current.is_some_and(|c| {
+                c.status == "False" && c.reason.as_deref() == Some(reason) && c.message.as_deref() == Some(message)
+            })
+        {
             return;
         }
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -393,10 +536,13 @@ impl Scheduler {
             Some(c) if c.status == "False" => c.last_transition_time.as_ref().map(|t| json!(t)).unwrap_or(json!(now)),
             _ => json!(now),
         };
-        let patch = json!({"status": {"conditions": [{
+        let mut patch = json!({"status": {"conditions": [{
             "type": "PodScheduled", "status": "False", "reason": reason, "message": message,
             "lastProbeTime": null, "lastTransitionTime": transition,
         }]}});
+        if let Some(n) = nomination {
+            patch["status"]["nominatedNodeName"] = n;
+        }
         let api: Api<Pod> =
             Api::namespaced(self.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
         let name = pod.metadata.name.as_deref().unwrap_or("");
