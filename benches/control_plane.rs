@@ -17,8 +17,8 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher::{self, Event};
+use kube::api::{ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use serde::Deserialize;
 
 use common::Server;
 
@@ -65,12 +65,49 @@ fn deployment(i: usize) -> Deployment {
     .expect("deployment")
 }
 
-fn is_running(p: &Pod) -> bool {
-    let st = p.status.as_ref();
-    st.and_then(|s| s.phase.as_deref()) == Some("Running")
-        && st
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+/// The fields of a pod the observer reads.
+#[derive(Clone, Deserialize)]
+struct LitePod {
+    metadata: LiteMeta,
+    #[serde(default)]
+    spec: LiteSpec,
+    #[serde(default)]
+    status: LiteStatus,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LiteMeta {
+    name: String,
+    #[serde(default)]
+    resource_version: String,
+}
+
+#[derive(Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LiteSpec {
+    node_name: Option<String>,
+}
+
+#[derive(Clone, Default, Deserialize)]
+struct LiteStatus {
+    phase: Option<String>,
+    #[serde(default)]
+    conditions: Vec<LiteCondition>,
+}
+
+#[derive(Clone, Deserialize)]
+struct LiteCondition {
+    #[serde(rename = "type")]
+    type_: String,
+    status: String,
+}
+
+impl LitePod {
+    fn is_running(&self) -> bool {
+        self.status.phase.as_deref() == Some("Running")
+            && self.status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+    }
 }
 
 /// Every Deployment rolled out: all replicas updated and available, no old pods left.
@@ -103,32 +140,54 @@ fn main() {
         let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": NS}})).expect("namespace");
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
 
-        // One watch on the namespace's pods records when each pod is bound and running.
+        // One watch on the namespace's pods records when each pod is bound and running. It
+        // decodes only the few fields it needs, so the observer keeps up with the server and
+        // does not itself load the machine; after an error it resumes from the last version.
         let seen = Arc::new(Mutex::new(Seen::default()));
         let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+        let start_rv = pods.list_metadata(&ListParams::default()).await.expect("list pods").metadata.resource_version;
         let watch = {
-            let seen = seen.clone();
-            let mut stream = watcher::watcher(pods.clone(), watcher::Config::default()).boxed();
+            let (seen, client) = (seen.clone(), client.clone());
+            let mut rv = start_rv.unwrap_or_default();
             tokio::spawn(async move {
+                let url = format!("/api/v1/namespaces/{NS}/pods");
                 loop {
-                    let ev = match stream.try_next().await {
-                        Ok(Some(ev)) => ev,
-                        Ok(None) => break,
+                    let wp = WatchParams::default().timeout(290);
+                    let req = kube::core::Request::new(&url).watch(&wp, &rv).expect("watch request");
+                    let stream = match client.request_events::<LitePod>(req).await {
+                        Ok(s) => s,
                         Err(e) => {
-                            // The watcher resumes by itself; say so and keep polling it.
                             eprintln!("  (pod watch: {e})");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
                             continue;
                         }
                     };
-                    let (Event::Apply(p) | Event::InitApply(p)) = ev else { continue };
-                    let now = Instant::now();
-                    let name = p.metadata.name.clone().unwrap_or_default();
-                    let mut g = seen.lock().unwrap();
-                    if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
-                        g.bound.entry(name.clone()).or_insert(now);
-                    }
-                    if is_running(&p) {
-                        g.running.entry(name).or_insert(now);
+                    let mut stream = std::pin::pin!(stream);
+                    while let Ok(Some(ev)) = stream.try_next().await {
+                        let p = match ev {
+                            WatchEvent::Added(p) | WatchEvent::Modified(p) => p,
+                            WatchEvent::Deleted(p) => {
+                                rv = p.metadata.resource_version.clone();
+                                continue;
+                            }
+                            WatchEvent::Bookmark(b) => {
+                                rv = b.metadata.resource_version;
+                                continue;
+                            }
+                            WatchEvent::Error(e) => {
+                                eprintln!("  (pod watch: {})", e.message);
+                                break;
+                            }
+                        };
+                        rv = p.metadata.resource_version.clone();
+                        let now = Instant::now();
+                        let mut g = seen.lock().unwrap();
+                        if p.spec.node_name.is_some() {
+                            g.bound.entry(p.metadata.name.clone()).or_insert(now);
+                        }
+                        if p.is_running() {
+                            g.running.entry(p.metadata.name).or_insert(now);
+                        }
                     }
                 }
             })

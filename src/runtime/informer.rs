@@ -72,6 +72,8 @@ struct Index {
     by_controller: HashMap<String, HashSet<(String, String)>>,
     /// (namespace, name) → controller UID, to undo an entry when the object changes
     controller_of: HashMap<(String, String), String>,
+    /// namespace → names of objects without a controller (the ones a controller may adopt)
+    orphans: HashMap<String, HashSet<String>>,
 }
 
 fn controller_uid(meta: &ObjectMeta) -> Option<&str> {
@@ -80,10 +82,12 @@ fn controller_uid(meta: &ObjectMeta) -> Option<&str> {
 
 impl Index {
     fn remove(&mut self, ns: &str, name: &str) {
-        if let Some(set) = self.by_namespace.get_mut(ns) {
-            set.remove(name);
-            if set.is_empty() {
-                self.by_namespace.remove(ns);
+        for map in [&mut self.by_namespace, &mut self.orphans] {
+            if let Some(set) = map.get_mut(ns) {
+                set.remove(name);
+                if set.is_empty() {
+                    map.remove(ns);
+                }
             }
         }
         let key = (ns.to_string(), name.to_string());
@@ -102,9 +106,14 @@ impl Index {
         let name = meta.name.clone().unwrap_or_default();
         self.remove(&ns, &name);
         self.by_namespace.entry(ns.clone()).or_default().insert(name.clone());
-        if let Some(uid) = controller_uid(meta) {
-            self.by_controller.entry(uid.to_string()).or_default().insert((ns.clone(), name.clone()));
-            self.controller_of.insert((ns, name), uid.to_string());
+        match controller_uid(meta) {
+            Some(uid) => {
+                self.by_controller.entry(uid.to_string()).or_default().insert((ns.clone(), name.clone()));
+                self.controller_of.insert((ns, name), uid.to_string());
+            }
+            None => {
+                self.orphans.entry(ns).or_default().insert(name);
+            }
         }
     }
 }
@@ -125,7 +134,9 @@ where
         });
         let me = informer.clone();
         tokio::spawn(async move {
-            let mut events = watcher(api, config).default_backoff().boxed();
+            // No component reads managedFields; dropping them halves what the cache holds.
+            let mut events =
+                watcher(api, config).default_backoff().modify(|o: &mut K| o.meta_mut().managed_fields = None).boxed();
             loop {
                 let event = tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -186,6 +197,15 @@ impl<K: Cached> Informer<K> {
     pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<K>> {
         let names: Vec<String> =
             self.index_read().by_namespace.get(namespace).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        names.iter().filter_map(|n| self.get(namespace, n)).collect()
+    }
+
+    /// Every cached object in `namespace` that has no controller: what a controller may
+    /// adopt. Scanning these rather than the whole namespace keeps a sync proportional to the
+    /// owner's own objects.
+    pub fn orphans_in(&self, namespace: &str) -> Vec<Arc<K>> {
+        let names: Vec<String> =
+            self.index_read().orphans.get(namespace).map(|s| s.iter().cloned().collect()).unwrap_or_default();
         names.iter().filter_map(|n| self.get(namespace, n)).collect()
     }
 

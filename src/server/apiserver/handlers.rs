@@ -235,7 +235,8 @@ pub async fn watch(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<WatchFrame>(64);
     let store = c.server.objects.store.clone();
     let cancel = c.server.shutdown.child_token();
-    tokio::spawn(listing::watch(store, c.info, list_prefix(c), name_filter, opts, tx, cancel));
+    let plain_json = c.output == Output::Json;
+    tokio::spawn(listing::watch(store, c.info, list_prefix(c), name_filter, opts, plain_json, tx, cancel));
     let info = c.info;
     let output = c.output;
     let include = c.include()?;
@@ -258,6 +259,15 @@ pub async fn watch(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
 
 fn encode_watch_frame(info: &ResourceInfo, output: Output, include: IncludeObject, frame: WatchFrame) -> Bytes {
     let (kind, object) = match frame {
+        WatchFrame::Raw { kind, object } => {
+            let mut line = BytesMut::with_capacity(object.len() + 32);
+            line.put_slice(b"{\"type\":\"");
+            line.put_slice(kind.as_bytes());
+            line.put_slice(b"\",\"object\":");
+            line.put_slice(&object);
+            line.put_slice(b"}\n");
+            return line.freeze();
+        }
         WatchFrame::Event { kind, object } => {
             let object = match output {
                 Output::Table { v1beta1 } => {

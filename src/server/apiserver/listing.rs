@@ -300,8 +300,21 @@ const INITIAL_EVENTS_PAGE: usize = 500;
 /// What a watch sends.
 #[derive(Debug, Clone)]
 pub enum WatchFrame {
-    Event { kind: &'static str, object: Value },
-    Bookmark { revision: u64, initial_events_end: bool },
+    Event {
+        kind: &'static str,
+        object: Value,
+    },
+    /// An event whose object is the stored JSON as is (resourceVersion spliced in): for
+    /// watchers that want plain JSON of the storage version and filter nothing, which is most
+    /// of them, so the hot path never parses or re-encodes an object.
+    Raw {
+        kind: &'static str,
+        object: Bytes,
+    },
+    Bookmark {
+        revision: u64,
+        initial_events_end: bool,
+    },
     Error(ApiError),
 }
 
@@ -313,9 +326,12 @@ pub async fn watch(
     prefix: String,
     name_filter: Option<String>,
     opts: ListOptions,
+    plain_json: bool,
     tx: tokio::sync::mpsc::Sender<WatchFrame>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
+    let filtering = name_filter.is_some() || opts.has_selectors();
+    let raw = plain_json && !filtering && !crate::api::convert::converts(info);
     let timeout = opts.timeout.unwrap_or_else(|| {
         // Upstream ends watches after a random 30-60 minutes so load spreads over servers.
         let jitter = uuid::Uuid::new_v4().as_u128() % 1800;
@@ -369,6 +385,13 @@ pub async fn watch(
             at = Some(r.revision);
             after = r.kvs.last().map(|kv| kv.key.clone());
             for kv in r.kvs {
+                if raw {
+                    let object = codec::with_resource_version(&kv.value, kv.mod_revision);
+                    if !send(WatchFrame::Raw { kind: "ADDED", object }).await {
+                        return;
+                    }
+                    continue;
+                }
                 let Ok(v) = codec::decode_stored_as(info, &kv.value, kv.mod_revision) else { continue };
                 if !matches(&v) {
                     continue;
@@ -417,10 +440,28 @@ pub async fn watch(
                     None => return,
                 };
                 last_rev = ev.revision;
+                if raw {
+                    let kind = match ev.kind {
+                        EventKind::Created => "ADDED",
+                        EventKind::Updated => "MODIFIED",
+                        EventKind::Deleted => "DELETED",
+                    };
+                    let object = codec::with_resource_version(&ev.kv.value, ev.kv.mod_revision);
+                    if !send(WatchFrame::Raw { kind, object }).await {
+                        return;
+                    }
+                    continue;
+                }
                 let Ok(cur) = codec::decode_stored_as(info, &ev.kv.value, ev.kv.mod_revision) else { continue };
-                let prev = ev.prev.as_ref().and_then(|p| codec::decode_stored_as(info, &p.value, p.mod_revision).ok());
                 let now_match = matches(&cur);
-                let was_match = prev.as_ref().map(&matches).unwrap_or(false);
+                // Without a filter every object matches; the previous state needs no decoding.
+                let was_match = if filtering {
+                    let prev =
+                        ev.prev.as_ref().and_then(|p| codec::decode_stored_as(info, &p.value, p.mod_revision).ok());
+                    prev.as_ref().map(&matches).unwrap_or(false)
+                } else {
+                    true
+                };
                 let frame = match ev.kind {
                     EventKind::Created if now_match => Some(("ADDED", cur)),
                     EventKind::Updated if now_match && was_match => Some(("MODIFIED", cur)),

@@ -448,7 +448,7 @@ impl Controller {
                 release(&api, p.as_ref(), &uid).await?;
             }
         }
-        for p in self.pods.in_namespace(&ns) {
+        for p in self.pods.orphans_in(&ns) {
             if controller_ref(&p.metadata).is_none()
                 && p.metadata.deletion_timestamp.is_none()
                 && selector_matches(selector, &labels(&p))

@@ -235,7 +235,7 @@ impl Controller {
         }
         let uid = d.metadata.uid.clone().unwrap_or_default();
         let mut all: Vec<ReplicaSet> = self.replicasets.controlled_by(&uid).iter().map(|r| (**r).clone()).collect();
-        for rs in self.replicasets.in_namespace(&key.namespace) {
+        for rs in self.replicasets.orphans_in(&key.namespace) {
             let labels = rs.metadata.labels.clone().unwrap_or_default();
             if controller_ref(&rs.metadata).is_none()
                 && rs.metadata.deletion_timestamp.is_none()

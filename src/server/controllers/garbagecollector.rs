@@ -187,7 +187,10 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
 /// Feeds one resource's metadata changes to the graph builder.
 async fn watch(client: Client, ar: ApiResource, tx: mpsc::Sender<Seen>, cancel: CancellationToken) {
     let api: Api<DynamicObject> = Api::all_with(client, &ar);
-    let mut stream = watcher::metadata_watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut stream = watcher::metadata_watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|o| o.metadata.managed_fields = None)
+        .boxed();
     loop {
         let ev = tokio::select! {
             _ = cancel.cancelled() => return,

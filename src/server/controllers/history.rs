@@ -189,7 +189,7 @@ pub async fn claim<K: Resource<DynamicType = ()>>(
         }
     }
     if meta.deletion_timestamp.is_none() {
-        for r in revisions.in_namespace(&ns) {
+        for r in revisions.orphans_in(&ns) {
             if controller_ref(&r.metadata).is_none()
                 && r.metadata.deletion_timestamp.is_none()
                 && selector_matches(selector, &labels_of(&r))

@@ -884,7 +884,7 @@ impl Controller {
             }
         }
         if !deleting {
-            for p in self.pods.in_namespace(&ns) {
+            for p in self.pods.orphans_in(&ns) {
                 if controller_ref(&p.metadata).is_none()
                     && p.metadata.deletion_timestamp.is_none()
                     && selector_matches(&sel, &p.metadata.labels.clone().unwrap_or_default())

@@ -178,7 +178,7 @@ where
             }
             mine = kept;
             if !deleting {
-                for p in self.pods.in_namespace(&key.namespace) {
+                for p in self.pods.orphans_in(&key.namespace) {
                     if controller_ref(&p.metadata).is_none()
                         && p.metadata.deletion_timestamp.is_none()
                         && is_active(&p)

@@ -426,7 +426,7 @@ impl Controller {
             }
         }
         if !deleting {
-            for p in self.pods.in_namespace(&ns) {
+            for p in self.pods.orphans_in(&ns) {
                 if controller_ref(&p.metadata).is_none()
                     && !terminating(&p)
                     && matches(&p)

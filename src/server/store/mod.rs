@@ -140,7 +140,10 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            watch_buffer: 1000,
+            // Events share their bytes with the store's window, so a deep buffer is cheap; it
+            // lets a watcher ride out a few seconds of a busy machine (10,000 pods rolling
+            // out) instead of being dropped and relisting.
+            watch_buffer: 10_000,
             // Enough for a paginated list of thousands of objects to finish while writes go on,
             // small enough that the history table stays a few MiB.
             history_window: 10_000,
