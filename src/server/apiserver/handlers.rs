@@ -230,13 +230,13 @@ pub async fn list(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
 
 /// GET with `watch=true`: a chunked stream of watch events.
 pub async fn watch(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
-    let opts = ListOptions::parse(c.query, c.info)?;
+    let mut opts = ListOptions::parse(c.query, c.info)?;
+    opts.plain_json = c.output == Output::Json;
     let name_filter = if c.req.name.is_empty() { None } else { Some(c.req.name.clone()) };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<WatchFrame>(64);
     let store = c.server.objects.store.clone();
     let cancel = c.server.shutdown.child_token();
-    let plain_json = c.output == Output::Json;
-    tokio::spawn(listing::watch(store, c.info, list_prefix(c), name_filter, opts, plain_json, tx, cancel));
+    tokio::spawn(listing::watch(store, c.info, list_prefix(c), name_filter, opts, tx, cancel));
     let info = c.info;
     let output = c.output;
     let include = c.include()?;

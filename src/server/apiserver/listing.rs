@@ -32,6 +32,8 @@ pub struct ListOptions {
     pub allow_bookmarks: bool,
     pub timeout: Option<Duration>,
     pub send_initial_events: Option<bool>,
+    /// The client wants plain JSON (set by the handler from content negotiation, not parsed).
+    pub plain_json: bool,
 }
 
 /// Position in a paginated list: the revision it is consistent at and the last key returned.
@@ -138,6 +140,7 @@ impl ListOptions {
             allow_bookmarks: q.flag("allowWatchBookmarks"),
             timeout,
             send_initial_events,
+            plain_json: false,
         })
     }
 
@@ -326,12 +329,11 @@ pub async fn watch(
     prefix: String,
     name_filter: Option<String>,
     opts: ListOptions,
-    plain_json: bool,
     tx: tokio::sync::mpsc::Sender<WatchFrame>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     let filtering = name_filter.is_some() || opts.has_selectors();
-    let raw = plain_json && !filtering && !crate::api::convert::converts(info);
+    let raw = opts.plain_json && !filtering && !crate::api::convert::converts(info);
     let timeout = opts.timeout.unwrap_or_else(|| {
         // Upstream ends watches after a random 30-60 minutes so load spreads over servers.
         let jitter = uuid::Uuid::new_v4().as_u128() % 1800;
