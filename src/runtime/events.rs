@@ -17,6 +17,9 @@ use tokio::sync::mpsc;
 const QUEUE: usize = 1000;
 /// Repeats within this window are folded into one Event.
 const FOLD_WINDOW: Duration = Duration::from_secs(600);
+/// Most events remembered for folding (upstream's correlator keeps an LRU of 4096); beyond
+/// it the memory is forgotten, which costs only an unfolded repeat.
+const FOLD_ENTRIES: usize = 4096;
 
 /// `Normal` or `Warning`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +115,14 @@ async fn write_one(client: Client, component: &str, host: &str, p: Pending, seen
     );
     let repeat = {
         let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.retain(|_, f| f.at.elapsed() < FOLD_WINDOW);
+        // Pruning scans the map, so it runs only when the map is full, not on every event
+        // (10,000 pods' events made that scan quadratic).
+        if seen.len() >= FOLD_ENTRIES {
+            seen.retain(|_, f| f.at.elapsed() < FOLD_WINDOW);
+            if seen.len() >= FOLD_ENTRIES / 2 {
+                seen.clear();
+            }
+        }
         seen.get_mut(&fold_key).map(|f| {
             f.count += 1;
             f.at = Instant::now();
