@@ -195,17 +195,20 @@ impl<K: Cached> Informer<K> {
 
     /// Every cached object in `namespace`.
     pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<K>> {
-        let names: Vec<String> =
-            self.index_read().by_namespace.get(namespace).map(|s| s.iter().cloned().collect()).unwrap_or_default();
-        names.iter().filter_map(|n| self.get(namespace, n)).collect()
+        self.named_in(namespace, |i| &i.by_namespace)
     }
 
     /// Every cached object in `namespace` that has no controller: what a controller may
     /// adopt. Scanning these rather than the whole namespace keeps a sync proportional to the
     /// owner's own objects.
     pub fn orphans_in(&self, namespace: &str) -> Vec<Arc<K>> {
+        self.named_in(namespace, |i| &i.orphans)
+    }
+
+    /// The cached objects a per-namespace name index lists for `namespace`.
+    fn named_in(&self, namespace: &str, index: impl Fn(&Index) -> &HashMap<String, HashSet<String>>) -> Vec<Arc<K>> {
         let names: Vec<String> =
-            self.index_read().orphans.get(namespace).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+            index(&self.index_read()).get(namespace).map(|s| s.iter().cloned().collect()).unwrap_or_default();
         names.iter().filter_map(|n| self.get(namespace, n)).collect()
     }
 

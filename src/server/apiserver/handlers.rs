@@ -259,12 +259,12 @@ pub async fn watch(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
 
 fn encode_watch_frame(info: &ResourceInfo, output: Output, include: IncludeObject, frame: WatchFrame) -> Bytes {
     let (kind, object) = match frame {
-        WatchFrame::Raw { kind, object } => {
-            let mut line = BytesMut::with_capacity(object.len() + 32);
+        WatchFrame::Raw { kind, stored, revision } => {
+            let mut line = BytesMut::with_capacity(stored.len() + 64);
             line.put_slice(b"{\"type\":\"");
             line.put_slice(kind.as_bytes());
             line.put_slice(b"\",\"object\":");
-            line.put_slice(&object);
+            codec::splice_into(&mut line, &stored, revision);
             line.put_slice(b"}\n");
             return line.freeze();
         }

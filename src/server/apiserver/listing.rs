@@ -307,12 +307,14 @@ pub enum WatchFrame {
         kind: &'static str,
         object: Value,
     },
-    /// An event whose object is the stored JSON as is (resourceVersion spliced in): for
-    /// watchers that want plain JSON of the storage version and filter nothing, which is most
-    /// of them, so the hot path never parses or re-encodes an object.
+    /// An event whose object is the stored JSON as is, its resourceVersion spliced in while
+    /// the frame is written: for watchers that want plain JSON of the storage version and
+    /// filter nothing, which is most of them, so the hot path never parses, re-encodes or
+    /// copies an object twice.
     Raw {
         kind: &'static str,
-        object: Bytes,
+        stored: Bytes,
+        revision: u64,
     },
     Bookmark {
         revision: u64,
@@ -388,8 +390,7 @@ pub async fn watch(
             after = r.kvs.last().map(|kv| kv.key.clone());
             for kv in r.kvs {
                 if raw {
-                    let object = codec::with_resource_version(&kv.value, kv.mod_revision);
-                    if !send(WatchFrame::Raw { kind: "ADDED", object }).await {
+                    if !send(WatchFrame::Raw { kind: "ADDED", stored: kv.value, revision: kv.mod_revision }).await {
                         return;
                     }
                     continue;
@@ -448,8 +449,7 @@ pub async fn watch(
                         EventKind::Updated => "MODIFIED",
                         EventKind::Deleted => "DELETED",
                     };
-                    let object = codec::with_resource_version(&ev.kv.value, ev.kv.mod_revision);
-                    if !send(WatchFrame::Raw { kind, object }).await {
+                    if !send(WatchFrame::Raw { kind, stored: ev.kv.value, revision: ev.kv.mod_revision }).await {
                         return;
                     }
                     continue;
