@@ -494,6 +494,37 @@ fn a_node_that_stops_heartbeating_goes_not_ready_and_its_pods_move() {
 }
 
 #[test]
+fn pods_of_a_node_that_comes_back_are_ready_again() {
+    let s = Server::start_with(&["--node-monitor-grace-period", "4"]);
+    let sim = s.sim(&["--nodes", "1", "--node-prefix", "hang-"]);
+    s.ok(&["create", "namespace", "back"]);
+    // Tolerating the unreachable taint for good, the pods stay on the node while it is away.
+    s.apply(
+        r#"{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app", "namespace": "back"},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "back"}},
+              "template": {"metadata": {"labels": {"app": "back"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}],
+                "tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"}]}}}}"#,
+    );
+    s.wait_for("3 ready pods", T, || running(&s, "back", "app=back") == 3);
+    let before: Vec<String> = pods(&s, "back", "app=back").into_iter().map(|p| p.0).collect();
+    sim.pause();
+    s.wait_for("the pods marked not ready, and the Deployment counting none", T, || {
+        let p = pods(&s, "back", "app=back");
+        p.len() == 3
+            && p.iter().all(|p| !p.2)
+            && s.ok(&["-n", "back", "get", "deployment", "app", "-o", "jsonpath={.status.readyReplicas}"]).is_empty()
+    });
+    sim.resume();
+    s.wait_for("the same 3 pods ready again", T, || {
+        let p = pods(&s, "back", "app=back");
+        p.iter().filter(|p| p.2).count() == 3 && p.iter().all(|p| before.contains(&p.0))
+    });
+    s.wait_for("the Deployment counting them ready", T, || {
+        s.ok(&["-n", "back", "get", "deployment", "app", "-o", "jsonpath={.status.readyReplicas}"]) == "3"
+    });
+}
+
+#[test]
 fn restarts_during_a_scale_up_never_duplicate_pods() {
     let mut s = Server::start();
     let _sim = s.sim(&["--nodes", "2"]);

@@ -198,6 +198,7 @@ impl Sim {
                 self.ips.lock().unwrap_or_else(|e| e.into_inner()).release(key);
                 Ok(Next::Done)
             }
+            "Running" if !is_ready(&pod) => self.report_ready(&pods, &pod).await,
             "Running" => self.maybe_finish(&pods, &pod).await,
             _ => self.start(&pods, &pod, key).await,
         }
@@ -231,6 +232,37 @@ impl Sim {
         Ok(self.run_for(pod).map(Next::After).unwrap_or(Next::Done))
     }
 
+    /// The node lifecycle controller marks the pods of a node that stopped reporting not
+    /// ready; once the node reports again, its kubelet's status sync finds the difference and
+    /// reports its running containers ready again. So does the simulated one.
+    async fn report_ready(&self, pods: &Api<Pod>, pod: &Pod) -> Result<Next, kube::Error> {
+        let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut conditions: Vec<Value> = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|c| match c.type_.as_str() {
+                "Ready" | "ContainersReady" if c.status != "True" => condition(&c.type_, "True", &at, None),
+                _ => serde_json::to_value(c).unwrap_or(Value::Null),
+            })
+            .collect();
+        for missing in ["Ready", "ContainersReady"] {
+            if !conditions.iter().any(|c| c["type"] == missing) {
+                conditions.push(condition(missing, "True", &at, None));
+            }
+        }
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        pods.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"conditions": conditions}})),
+        )
+        .await?;
+        self.maybe_finish(pods, pod).await
+    }
+
     async fn maybe_finish(&self, pods: &Api<Pod>, pod: &Pod) -> Result<Next, kube::Error> {
         let Some(run_for) = self.run_for(pod) else { return Ok(Next::Done) };
         let started = latest_start(pod).unwrap_or_else(Utc::now);
@@ -262,6 +294,13 @@ impl Sim {
         pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": status}))).await?;
         Ok(if restart { Next::After(run_for) } else { Next::Done })
     }
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn latest_start(pod: &Pod) -> Option<DateTime<Utc>> {

@@ -350,6 +350,23 @@ impl Sim {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Stops the simulator (SIGSTOP): its nodes stop heartbeating until [`Sim::resume`], as
+    /// on a box that hangs for a while.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a paused simulator go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &self.child {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig).expect("signal the simulator");
+        }
+    }
+
     /// Kills the simulator (its nodes stop heartbeating).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
