@@ -21,38 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use config::ServerConfig;
 
-/// glibc raises its mmap threshold to the size of the largest block freed (up to 32 MiB), after
-/// which every large list response is carved from the heap and the heap is rarely returned: a
-/// few 10,000-object lists left ~80 MiB resident for good. A fixed threshold keeps large
-/// buffers in their own mappings, returned on free, as musl's allocator (the static release
-/// builds) does anyway. Measured in BENCHMARKS.md.
-///
-/// glibc also keeps memory freed inside its per-thread arenas: after 10,000 pods were created
-/// and scheduled, 712 MiB were resident of which `malloc_trim` gave back 390 MiB. A thread
-/// trims every 10 s (a few milliseconds each time).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_allocator() {
-    // SAFETY: mallopt only sets an allocator parameter; it is called before any thread starts.
-    unsafe {
-        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 256 * 1024);
-    }
-    let _ = std::thread::Builder::new().name("skiff-trim".into()).spawn(|| {
-        loop {
-            std::thread::sleep(Duration::from_secs(10));
-            // SAFETY: malloc_trim is thread-safe and only returns free pages to the kernel.
-            unsafe {
-                nix::libc::malloc_trim(0);
-            }
-        }
-    });
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_allocator() {}
-
 /// Runs the server on a fresh tokio runtime; returns the exit code.
 pub fn run_blocking(cfg: ServerConfig) -> i32 {
-    tune_allocator();
     crate::cli::init_logging(cfg.log_format, cfg.verbosity);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("skiff").build() {
         Ok(rt) => rt,
