@@ -4,6 +4,7 @@
 //! use. Strategic merge patch uses this to know, for a field, which type's patch strategy
 //! applies.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use schemars::generate::SchemaSettings;
@@ -37,23 +38,34 @@ fn ref_name(schema: &Value) -> Option<&str> {
     None
 }
 
+/// Each definition's fields that name a definition (their own, or their items'), indexed once:
+/// managed fields and patches look a field up for every field of every write.
+fn field_index() -> &'static HashMap<&'static str, HashMap<&'static str, &'static str>> {
+    static INDEX: OnceLock<HashMap<&'static str, HashMap<&'static str, &'static str>>> = OnceLock::new();
+    INDEX.get_or_init(|| {
+        let defs = definitions();
+        let target = |prop: &Value| {
+            let r = ref_name(prop).or_else(|| prop.get("items").and_then(ref_name))?;
+            defs.get_key_value(r).map(|(k, _)| k.as_str())
+        };
+        defs.iter()
+            .map(|(name, def)| {
+                let props = def.get("properties").and_then(|p| p.as_object()).into_iter().flatten();
+                (name.as_str(), props.filter_map(|(f, prop)| Some((f.as_str(), target(prop)?))).collect())
+            })
+            .collect()
+    })
+}
+
 /// The definition of `field` in `definition`: the field's own type for objects, the item
 /// type for lists. None for scalars, maps and unknown names.
 pub fn field_definition(definition: &str, field: &str) -> Option<&'static str> {
-    let defs = definitions();
-    let (name, _) = defs.get_key_value(definition)?;
-    let prop = defs.get(name.as_str())?.get("properties")?.get(field)?;
-    if let Some(r) = ref_name(prop) {
-        return defs.get_key_value(r).map(|(k, _)| k.as_str());
-    }
-    let items = prop.get("items")?;
-    let r = ref_name(items)?;
-    defs.get_key_value(r).map(|(k, _)| k.as_str())
+    field_index().get(definition)?.get(field).copied()
 }
 
 /// Whether a definition is known.
 pub fn is_known(definition: &str) -> bool {
-    definitions().contains_key(definition)
+    field_index().contains_key(definition)
 }
 
 #[cfg(test)]

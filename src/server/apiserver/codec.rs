@@ -109,6 +109,21 @@ pub fn decode_stored(stored: &[u8], rev: u64) -> Result<Value, ApiError> {
     Ok(v)
 }
 
+/// Decodes only the metadata of a stored object (as `{"metadata": ...}`, with its
+/// resourceVersion set), skipping the rest without building it.
+pub fn decode_stored_metadata(stored: &[u8], rev: u64) -> Result<Value, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct MetadataOnly {
+        #[serde(default)]
+        metadata: Map<String, Value>,
+    }
+    let m: MetadataOnly =
+        serde_json::from_slice(stored).map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
+    let mut v = serde_json::json!({ "metadata": m.metadata });
+    set_resource_version(&mut v, rev);
+    Ok(v)
+}
+
 /// Decodes a stored object as `info`'s version (converting from the storage version).
 pub fn decode_stored_as(info: &ResourceInfo, stored: &[u8], rev: u64) -> Result<Value, ApiError> {
     let v = decode_stored(stored, rev)?;
@@ -134,6 +149,16 @@ pub fn parse_resource_version(s: &str) -> Result<u64, ApiError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn metadata_alone_is_decoded() {
+        let stored =
+            br#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","labels":{"a":"b"}},"spec":{"x":[1,2]}}"#;
+        let v = decode_stored_metadata(stored, 12).unwrap();
+        assert_eq!(v, json!({"metadata": {"name": "p", "labels": {"a": "b"}, "resourceVersion": "12"}}));
+        assert_eq!(decode_stored_metadata(b"{}", 3).unwrap(), json!({"metadata": {"resourceVersion": "3"}}));
+        assert!(decode_stored_metadata(b"[", 3).is_err());
+    }
 
     #[test]
     fn splice_round_trip() {

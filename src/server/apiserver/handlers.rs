@@ -232,6 +232,7 @@ pub async fn list(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
 pub async fn watch(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
     let mut opts = ListOptions::parse(c.query, c.info)?;
     opts.plain_json = c.output == Output::Json;
+    opts.metadata_only = matches!(c.output, Output::Metadata { .. });
     let name_filter = if c.req.name.is_empty() { None } else { Some(c.req.name.clone()) };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<WatchFrame>(64);
     let store = c.server.objects.store.clone();

@@ -34,6 +34,8 @@ pub struct ListOptions {
     pub send_initial_events: Option<bool>,
     /// The client wants plain JSON (set by the handler from content negotiation, not parsed).
     pub plain_json: bool,
+    /// The client wants only metadata (`PartialObjectMetadata`; set by the handler).
+    pub metadata_only: bool,
 }
 
 /// Position in a paginated list: the revision it is consistent at and the last key returned.
@@ -141,6 +143,7 @@ impl ListOptions {
             timeout,
             send_initial_events,
             plain_json: false,
+            metadata_only: false,
         })
     }
 
@@ -336,6 +339,16 @@ pub async fn watch(
 ) {
     let filtering = name_filter.is_some() || opts.has_selectors();
     let raw = opts.plain_json && !filtering && !crate::api::convert::converts(info);
+    // A metadata watcher (the garbage collector watches every resource so) is sent nothing
+    // else, so nothing else is decoded unless a field selector needs it.
+    let metadata_only = opts.metadata_only && opts.fields.is_none();
+    let decode = |stored: &[u8], revision: u64| {
+        if metadata_only {
+            codec::decode_stored_metadata(stored, revision)
+        } else {
+            codec::decode_stored_as(info, stored, revision)
+        }
+    };
     let timeout = opts.timeout.unwrap_or_else(|| {
         // Upstream ends watches after a random 30-60 minutes so load spreads over servers.
         let jitter = uuid::Uuid::new_v4().as_u128() % 1800;
@@ -395,7 +408,7 @@ pub async fn watch(
                     }
                     continue;
                 }
-                let Ok(v) = codec::decode_stored_as(info, &kv.value, kv.mod_revision) else { continue };
+                let Ok(v) = decode(&kv.value, kv.mod_revision) else { continue };
                 if !matches(&v) {
                     continue;
                 }
@@ -454,12 +467,12 @@ pub async fn watch(
                     }
                     continue;
                 }
-                let Ok(cur) = codec::decode_stored_as(info, &ev.kv.value, ev.kv.mod_revision) else { continue };
+                let Ok(cur) = decode(&ev.kv.value, ev.kv.mod_revision) else { continue };
                 let now_match = matches(&cur);
                 // Without a filter every object matches; the previous state needs no decoding.
                 let was_match = if filtering {
                     let prev =
-                        ev.prev.as_ref().and_then(|p| codec::decode_stored_as(info, &p.value, p.mod_revision).ok());
+                        ev.prev.as_ref().and_then(|p| decode(&p.value, p.mod_revision).ok());
                     prev.as_ref().map(&matches).unwrap_or(false)
                 } else {
                     true

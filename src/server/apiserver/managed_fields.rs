@@ -39,7 +39,7 @@ pub(crate) fn is_item(seg: &str) -> bool {
 }
 
 /// Whether a path ends in a list item: owning it means owning the item's existence.
-pub(crate) fn is_item_path(p: &Path) -> bool {
+pub(crate) fn is_item_path(p: &[String]) -> bool {
     p.last().is_some_and(|s| is_item(s))
 }
 
@@ -61,25 +61,23 @@ fn child<'a>(cur: &'a Value, seg: &str) -> Option<&'a Value> {
     if is_item(seg) { cur.as_array()?.iter().find(|i| item_matches(seg, i)) } else { cur.get(seg) }
 }
 
+/// Whether field `k` of the object at `prefix` is left out of field sets.
+fn skipped(prefix: &[String], k: &str, top: bool) -> bool {
+    (top && matches!(k, "apiVersion" | "kind"))
+        || (prefix.len() == 1 && prefix[0] == "metadata" && SYSTEM_META.contains(&k))
+}
+
 /// Leaf paths of an object of type `def` (see the module doc).
 fn leaves(v: &Value, def: Option<&str>, prefix: &mut Path, out: &mut BTreeSet<Path>, top: bool) {
     match v {
         Value::Object(m) if !m.is_empty() => {
             for (k, child) in m {
-                if top && matches!(k.as_str(), "apiVersion" | "kind") {
+                if skipped(prefix, k, top) {
                     continue;
                 }
-                if prefix.len() == 1 && prefix[0] == "metadata" && SYSTEM_META.contains(&k.as_str()) {
-                    continue;
-                }
-                let child_def = def.and_then(|d| crate::api::schema::field_definition(d, k));
+                let pos = Pos::field(def, k);
                 prefix.push(k.clone());
-                match child {
-                    Value::Array(items) if !items.is_empty() => {
-                        list_leaves(items, def, k, child_def, prefix, out);
-                    }
-                    _ => leaves(child, child_def, prefix, out, false),
-                }
+                leaves_at(child, pos, prefix, out);
                 prefix.pop();
             }
         }
@@ -91,6 +89,51 @@ fn leaves(v: &Value, def: Option<&str>, prefix: &mut Path, out: &mut BTreeSet<Pa
     }
 }
 
+/// Where a value sits in its object, which decides how it is walked.
+#[derive(Clone, Copy)]
+enum Pos<'a> {
+    /// A list item (or the whole object) of definition `def`.
+    Value(Option<&'a str>),
+    /// Field `field` of an object of definition `parent`; `def` is the field's own definition
+    /// (its items' for a list). A non-empty list here is walked by its patch strategy.
+    Field { parent: Option<&'a str>, field: &'a str, def: Option<&'a str> },
+}
+
+impl<'a> Pos<'a> {
+    fn field(parent: Option<&'a str>, field: &'a str) -> Self {
+        Pos::Field { parent, field, def: parent.and_then(|d| crate::api::schema::field_definition(d, field)) }
+    }
+
+    fn def(self) -> Option<&'a str> {
+        match self {
+            Pos::Value(def) | Pos::Field { def, .. } => def,
+        }
+    }
+}
+
+/// Leaf paths of `v`, found at `pos`.
+fn leaves_at(v: &Value, pos: Pos, prefix: &mut Path, out: &mut BTreeSet<Path>) {
+    match (pos, v) {
+        (Pos::Field { parent, field, def }, Value::Array(items)) if !items.is_empty() => {
+            list_leaves(items, parent, field, def, prefix, out)
+        }
+        _ => leaves(v, pos.def(), prefix, out, false),
+    }
+}
+
+/// The strategy of a non-empty list field and each item's path segment; `None` when the list
+/// is one atomic value (its strategy says so, or an item lacks its key).
+fn item_segments(items: &[Value], parent_def: Option<&str>, field: &str) -> Option<(ListStrategy, Vec<String>)> {
+    let strategy = crate::api::patch::strategy::strategy_for(parent_def, field, items.first());
+    let segment = |item: &Value| match strategy {
+        ListStrategy::MergeByKey(key) => item.get(key).map(|k| format!("k:{}", json!({ key: k }))),
+        ListStrategy::MergeScalars if !item.is_object() && !item.is_array() => Some(format!("v:{item}")),
+        _ => None,
+    };
+    let segs = items.iter().map(segment).collect::<Option<Vec<String>>>()?;
+    Some((strategy, segs))
+}
+
 fn list_leaves(
     items: &[Value],
     parent_def: Option<&str>,
@@ -99,19 +142,12 @@ fn list_leaves(
     prefix: &mut Path,
     out: &mut BTreeSet<Path>,
 ) {
-    let strategy = crate::api::patch::strategy::strategy_for(parent_def, field, items.first());
-    let segment = |item: &Value| match strategy {
-        ListStrategy::MergeByKey(key) => item.get(key).map(|k| format!("k:{}", json!({ key: k }))),
-        ListStrategy::MergeScalars if !item.is_object() && !item.is_array() => Some(format!("v:{item}")),
-        _ => None,
-    };
-    let segs: Vec<Option<String>> = items.iter().map(segment).collect();
-    if segs.iter().any(|s| s.is_none()) {
+    let Some((_, segs)) = item_segments(items, parent_def, field) else {
         // Atomic, or items without their key: the list is one value.
         out.insert(prefix.clone());
         return;
-    }
-    for (item, seg) in items.iter().zip(segs.into_iter().flatten()) {
+    };
+    for (item, seg) in items.iter().zip(segs) {
         prefix.push(seg);
         out.insert(prefix.clone());
         if item.is_object() {
@@ -128,7 +164,7 @@ pub(crate) fn leaf_set(v: &Value, def: &str) -> BTreeSet<Path> {
     out
 }
 
-pub(crate) fn get_path<'a>(v: &'a Value, p: &Path) -> Option<&'a Value> {
+pub(crate) fn get_path<'a>(v: &'a Value, p: &[String]) -> Option<&'a Value> {
     p.iter().try_fold(v, |cur, k| child(cur, k))
 }
 
@@ -176,6 +212,114 @@ fn render_fields(paths: &BTreeSet<Path>) -> Value {
     Value::Object(root)
 }
 
+/// What an update changed: `set` holds the new object's leaves whose value differs from the
+/// old object's (and list items that are new), `removed` the old object's leaves that are gone.
+#[derive(Default)]
+struct Changes {
+    set: BTreeSet<Path>,
+    removed: BTreeSet<Path>,
+}
+
+impl Changes {
+    fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.removed.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Path> {
+        self.set.iter().chain(&self.removed)
+    }
+}
+
+/// Compares `old` and `new`, both found at `pos`. Both are walked together as long as they
+/// have the same shape (objects, or lists merged item by item), so only the parts that differ
+/// cost more than a comparison; where the shapes part, the two sides' leaf sets are compared.
+fn diff(old: Option<&Value>, new: &Value, pos: Pos, prefix: &mut Path, top: bool, out: &mut Changes) {
+    match (old, new) {
+        (Some(Value::Object(om)), Value::Object(nm)) if !om.is_empty() && !nm.is_empty() => {
+            let def = pos.def();
+            for (k, nv) in nm {
+                if skipped(prefix, k, top) {
+                    continue;
+                }
+                let child = Pos::field(def, k);
+                prefix.push(k.clone());
+                diff(om.get(k), nv, child, prefix, false, out);
+                prefix.pop();
+            }
+            for (k, ov) in om {
+                if nm.contains_key(k) || skipped(prefix, k, top) {
+                    continue;
+                }
+                let child = Pos::field(def, k);
+                prefix.push(k.clone());
+                leaves_at(ov, child, prefix, &mut out.removed);
+                prefix.pop();
+            }
+        }
+        (Some(Value::Array(oi)), Value::Array(ni)) if !oi.is_empty() && !ni.is_empty() => {
+            if let Pos::Field { parent, field, def } = pos
+                && let Some((old_strategy, old_segs)) = item_segments(oi, parent, field)
+                && let Some((strategy, segs)) = item_segments(ni, parent, field)
+                && old_strategy == strategy
+            {
+                for (item, seg) in ni.iter().zip(&segs) {
+                    // The first old item with the same key, as a path lookup would find it.
+                    let before = old_segs.iter().position(|s| s == seg).map(|i| &oi[i]);
+                    prefix.push(seg.clone());
+                    if before.is_none() {
+                        out.set.insert(prefix.clone());
+                    }
+                    if item.is_object() {
+                        diff(before, item, Pos::Value(def), prefix, false, out);
+                    }
+                    prefix.pop();
+                }
+                for (item, seg) in oi.iter().zip(old_segs) {
+                    if segs.contains(&seg) {
+                        continue;
+                    }
+                    prefix.push(seg);
+                    out.removed.insert(prefix.clone());
+                    if item.is_object() {
+                        leaves(item, def, prefix, &mut out.removed, false);
+                    }
+                    prefix.pop();
+                }
+            } else {
+                compare_leaves(old, new, pos, prefix, out);
+            }
+        }
+        _ => compare_leaves(old, new, pos, prefix, out),
+    }
+}
+
+/// [`diff`] where the two sides differ in shape: compares their leaf sets.
+fn compare_leaves(old: Option<&Value>, new: &Value, pos: Pos, prefix: &mut Path, out: &mut Changes) {
+    let top = prefix.is_empty();
+    let collect = |v: &Value, prefix: &mut Path| {
+        let mut set = BTreeSet::new();
+        if top {
+            leaves(v, pos.def(), prefix, &mut set, true);
+        } else {
+            leaves_at(v, pos, prefix, &mut set);
+        }
+        set
+    };
+    let base = prefix.len();
+    let now = collect(new, prefix);
+    let before = old.map(|o| collect(o, prefix)).unwrap_or_default();
+    for p in &now {
+        let rel = &p[base..];
+        let was = old.and_then(|o| get_path(o, rel));
+        // A list item changes hands only when it is created; its fields are tracked apart.
+        let changed = if is_item_path(p) { was.is_none() } else { was != get_path(new, rel) };
+        if changed {
+            out.set.insert(p.clone());
+        }
+    }
+    out.removed.extend(before.difference(&now).cloned());
+}
+
 /// Records that `manager` wrote `next` (previously `old`).
 pub fn record_update(
     next: &mut Value,
@@ -188,22 +332,11 @@ pub fn record_update(
     if manager.is_empty() {
         return;
     }
-    let new_leaves = leaf_set(next, def);
-    let changed: BTreeSet<Path> = match old {
-        None => new_leaves.clone(),
+    let changes = match old {
+        None => Changes { set: leaf_set(next, def), removed: BTreeSet::new() },
         Some(o) => {
-            let old_leaves = leaf_set(o, def);
-            // A list item changes hands only when it is created; its fields are tracked apart.
-            let mut c: BTreeSet<Path> =
-                new_leaves
-                    .iter()
-                    .filter(|p| {
-                        if is_item_path(p) { get_path(o, p).is_none() } else { get_path(o, p) != get_path(next, p) }
-                    })
-                    .cloned()
-                    .collect();
-            // Removed fields are taken from whoever owned them.
-            c.extend(old_leaves.difference(&new_leaves).cloned());
+            let mut c = Changes::default();
+            diff(Some(o), next, Pos::Value(Some(def)), &mut Vec::new(), true, &mut c);
             c
         }
     };
@@ -213,13 +346,13 @@ pub fn record_update(
         .and_then(|m| m.as_array())
         .cloned()
         .unwrap_or_default();
-    if changed.is_empty() && old.is_some() {
+    if changes.is_empty() && old.is_some() {
         meta::set_meta(next, "managedFields", Value::Array(entries));
         return;
     }
     let mut mine = BTreeSet::new();
     let mut kept = Vec::new();
-    for e in entries.drain(..) {
+    for mut e in entries.drain(..) {
         let m = e.get("manager").and_then(|m| m.as_str()).unwrap_or("");
         let op = e.get("operation").and_then(|m| m.as_str()).unwrap_or("");
         let mut set = BTreeSet::new();
@@ -230,16 +363,19 @@ pub fn record_update(
             mine = set;
             continue;
         }
-        let remaining: BTreeSet<Path> = set.into_iter().filter(|p| !changed.iter().any(|c| takes(c, p))).collect();
+        // Changed and removed fields are taken from whoever owned them.
+        let owned = set.len();
+        let remaining: BTreeSet<Path> = set.into_iter().filter(|p| !changes.iter().any(|c| takes(c, p))).collect();
         if remaining.is_empty() {
             continue;
         }
-        let mut e = e;
-        e["fieldsV1"] = render_fields(&remaining);
+        if remaining.len() < owned {
+            e["fieldsV1"] = render_fields(&remaining);
+        }
         kept.push(e);
     }
-    mine.extend(changed.into_iter().filter(|p| new_leaves.contains(p)));
-    mine.retain(|p| new_leaves.contains(p));
+    mine.retain(|p| !changes.removed.contains(p));
+    mine.extend(changes.set);
     if !mine.is_empty() {
         kept.push(json!({
             "manager": manager,
@@ -354,21 +490,42 @@ pub fn record_apply(
 
 /// Whether two objects are equal apart from managedFields timestamps and resourceVersion.
 pub fn equal_ignoring_times(a: &Value, b: &Value) -> bool {
-    fn strip(v: &Value) -> Value {
-        let mut v = v.clone();
-        if let Some(m) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-            m.remove("resourceVersion");
-            if let Some(mf) = m.get_mut("managedFields").and_then(|f| f.as_array_mut()) {
-                for e in mf {
-                    if let Some(e) = e.as_object_mut() {
-                        e.remove("time");
-                    }
-                }
-            }
-        }
-        v
+    /// Equal maps, but for the keys `skip` leaves out and values `eq` compares.
+    fn maps_equal(
+        a: &Map<String, Value>,
+        b: &Map<String, Value>,
+        skip: &str,
+        eq: impl Fn(&str, &Value, &Value) -> bool,
+    ) -> bool {
+        let len = |m: &Map<String, Value>| m.len() - usize::from(m.contains_key(skip));
+        len(a) == len(b) && a.iter().filter(|(k, _)| *k != skip).all(|(k, v)| b.get(k).is_some_and(|w| eq(k, v, w)))
     }
-    strip(a) == strip(b)
+    fn entries_equal(a: &Value, b: &Value) -> bool {
+        match (a.as_array(), b.as_array()) {
+            (Some(x), Some(y)) => {
+                x.len() == y.len()
+                    && x.iter().zip(y).all(|(e, f)| match (e.as_object(), f.as_object()) {
+                        (Some(e), Some(f)) => maps_equal(e, f, "time", |_, v, w| v == w),
+                        _ => e == f,
+                    })
+            }
+            _ => a == b,
+        }
+    }
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return a == b };
+    maps_equal(a, b, "", |k, v, w| match (k, v.as_object(), w.as_object()) {
+        ("metadata", Some(m), Some(n)) => {
+            maps_equal(
+                m,
+                n,
+                "resourceVersion",
+                |k, v, w| {
+                    if k == "managedFields" { entries_equal(v, w) } else { v == w }
+                },
+            )
+        }
+        _ => v == w,
+    })
 }
 
 #[cfg(test)]
@@ -414,5 +571,94 @@ mod tests {
         assert_eq!(mf[1]["manager"], "bob");
         assert_eq!(mf[1]["fieldsV1"], json!({"f:data": {".": {}, "f:k": {}}}));
         assert!(equal_ignoring_times(&b, &b.clone()));
+    }
+
+    /// The change set by definition: every leaf of `new` whose value is not the same in `old`
+    /// (list items: that did not exist), and every leaf of `old` that `new` lacks.
+    fn changes_by_definition(old: &Value, new: &Value, def: &str) -> BTreeSet<Path> {
+        let (before, now) = (leaf_set(old, def), leaf_set(new, def));
+        let mut c: BTreeSet<Path> = now
+            .iter()
+            .filter(|p| if is_item_path(p) { get_path(old, p).is_none() } else { get_path(old, p) != get_path(new, p) })
+            .cloned()
+            .collect();
+        c.extend(before.difference(&now).cloned());
+        c
+    }
+
+    #[test]
+    fn the_walk_finds_exactly_the_changed_fields() {
+        const POD: &str = "io.k8s.api.core.v1.Pod";
+        let base = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "d", "resourceVersion": "5", "labels": {"app": "a"},
+                "finalizers": ["x"], "ownerReferences": [{"uid": "u1", "kind": "ReplicaSet", "name": "r", "controller": true}]},
+            "spec": {"containers": [{"name": "a", "image": "i:1", "args": ["1"], "ports": [{"containerPort": 80}],
+                "resources": {"requests": {"cpu": "10m"}}}], "tolerations": [{"key": "k"}], "affinity": {}},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]},
+        });
+        type Edit = fn(&mut Value);
+        let edits: Vec<(&str, Edit)> = vec![
+            ("bind", |v| v["spec"]["nodeName"] = json!("n1")),
+            ("condition added", |v| {
+                v["status"]["conditions"].as_array_mut().unwrap().push(json!({"type": "Ready", "status": "True"}))
+            }),
+            ("condition changed", |v| v["status"]["conditions"][0]["status"] = json!("False")),
+            ("status gone", |v| {
+                v.as_object_mut().unwrap().remove("status");
+            }),
+            ("image", |v| v["spec"]["containers"][0]["image"] = json!("i:2")),
+            ("container added", |v| {
+                v["spec"]["containers"].as_array_mut().unwrap().push(json!({"name": "b", "image": "j"}))
+            }),
+            ("container renamed", |v| v["spec"]["containers"][0]["name"] = json!("z")),
+            ("list turns atomic", |v| {
+                v["spec"]["containers"].as_array_mut().unwrap().push(json!({"image": "no name"}))
+            }),
+            ("scalar becomes object", |v| v["status"]["phase"] = json!({"a": 1})),
+            ("empty object filled", |v| v["spec"]["affinity"] = json!({"nodeAffinity": {}})),
+            ("finalizer swapped", |v| v["metadata"]["finalizers"] = json!(["y", "x"])),
+            ("owner changed", |v| v["metadata"]["ownerReferences"][0]["controller"] = json!(false)),
+            ("label removed", |v| {
+                v["metadata"]["labels"].as_object_mut().unwrap().remove("app");
+            }),
+            ("args emptied", |v| v["spec"]["containers"][0]["args"] = json!([])),
+            ("tolerations replaced", |v| v["spec"]["tolerations"] = json!([{"key": "k", "effect": "NoSchedule"}])),
+            ("system fields only", |v| v["metadata"]["resourceVersion"] = json!("6")),
+        ];
+        for (what, edit) in &edits {
+            let mut edited = base.clone();
+            edit(&mut edited);
+            for (old, new) in [(&base, &edited), (&edited, &base)] {
+                let mut c = Changes::default();
+                diff(Some(old), new, Pos::Value(Some(POD)), &mut Vec::new(), true, &mut c);
+                let now = leaf_set(new, POD);
+                assert!(c.set.is_subset(&now), "{what}: {:?} are not leaves of the new object", c.set.difference(&now));
+                assert!(c.removed.is_disjoint(&now), "{what}: removed leaves still present");
+                let found: BTreeSet<Path> = c.iter().cloned().collect();
+                assert_eq!(found, changes_by_definition(old, new, POD), "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn equality_ignores_only_times_and_the_resource_version() {
+        let a = json!({"metadata": {"name": "x", "resourceVersion": "1",
+            "managedFields": [{"manager": "m", "time": "2020-01-01T00:00:00Z"}]}, "data": {"k": "v"}});
+        let mut b = a.clone();
+        b["metadata"]["resourceVersion"] = json!("2");
+        b["metadata"]["managedFields"][0]["time"] = json!("2021-01-01T00:00:00Z");
+        assert!(equal_ignoring_times(&a, &b));
+        b.as_object_mut().unwrap()["metadata"].as_object_mut().unwrap().remove("resourceVersion");
+        assert!(equal_ignoring_times(&a, &b));
+        let mut c = b.clone();
+        c["metadata"]["managedFields"][0]["manager"] = json!("n");
+        assert!(!equal_ignoring_times(&a, &c));
+        let mut d = b.clone();
+        d["data"]["k"] = json!("w");
+        assert!(!equal_ignoring_times(&a, &d));
+        let mut e = b.clone();
+        e["metadata"]["labels"] = json!({});
+        assert!(!equal_ignoring_times(&a, &e));
     }
 }
