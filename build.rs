@@ -1,4 +1,6 @@
-//! Embeds the commit and target triple for `skiff --version`.
+//! Embeds the commit and target triple for `skiff --version`, and generates the CRI v1 client
+//! from `proto/` (parsed by protox, a pure-Rust protobuf compiler, so that cross builds need no
+//! `protoc` on the build machine).
 fn git(args: &[&str]) -> Option<String> {
     std::process::Command::new("git")
         .args(args)
@@ -10,7 +12,31 @@ fn git(args: &[&str]) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// The `.proto` files compiled into the binary, relative to `proto/`.
+const PROTOS: &[&str] = &["cri/v1/api.proto"];
+
+fn compile_protos() {
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed=proto/{proto}");
+    }
+    let files = match protox::compile(PROTOS, ["proto"]) {
+        Ok(files) => files,
+        Err(e) => panic!("compiling {PROTOS:?}: {e:?}"),
+    };
+    // Client stubs only: skiff calls the runtime, it never serves CRI. The connection is built
+    // by `cri::client` (a unix socket), so the generated `connect` helper is not wanted.
+    if let Err(e) = tonic_prost_build::configure()
+        .build_server(false)
+        .build_transport(false)
+        .emit_rerun_if_changed(false)
+        .compile_fds(files)
+    {
+        panic!("generating the CRI client: {e}");
+    }
+}
+
 fn main() {
+    compile_protos();
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=SKIFF_COMMIT={commit}");
     println!("cargo:rustc-env=SKIFF_TARGET={}", std::env::var("TARGET").unwrap_or_default());

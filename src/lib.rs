@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cri;
 pub mod pki;
 pub mod runtime;
 pub mod server;
