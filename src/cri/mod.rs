@@ -13,3 +13,9 @@ pub mod proto {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("runtime.v1");
 }
+
+pub mod client;
+mod error;
+
+pub use client::CriClient;
+pub use error::CriError;
