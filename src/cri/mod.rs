@@ -15,6 +15,7 @@ pub mod proto {
 }
 
 pub mod client;
+pub mod config;
 mod error;
 
 pub use client::CriClient;
