@@ -16,7 +16,9 @@ pub mod proto {
 
 pub mod client;
 pub mod config;
+pub mod containerd;
 mod error;
 
 pub use client::CriClient;
+pub use containerd::Containerd;
 pub use error::CriError;
