@@ -78,6 +78,16 @@ async fn wait_state(containerd: &Containerd, what: &str, ok: impl FnMut(&State) 
     }
 }
 
+/// A process started by a test, killed and reaped on drop so that a failing test leaves none.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 async fn wait_gone(config: &Path) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !processes_with_config(config).is_empty() {
@@ -210,21 +220,23 @@ async fn a_containerd_left_by_an_earlier_start_is_killed() {
 
     // A containerd on the same directory that no supervisor owns, as after `kill -9` of a
     // skiff whose parent-death signal could not fire.
-    let mut stray = std::process::Command::new("containerd")
-        .arg("--config")
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start stray containerd");
-    let stray_pid = stray.id();
+    let mut stray = KillOnDrop(
+        std::process::Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start stray containerd"),
+    );
+    let stray_pid = stray.0.id();
     std::fs::write(dir.path().join("containerd/containerd.pid"), format!("{stray_pid}\n")).expect("pid file");
     CriClient::connect(dir.path().join("containerd/containerd.sock"), Duration::from_secs(20))
         .await
         .expect("stray containerd answers");
 
     let containerd = Containerd::start(options(dir.path()), &CancellationToken::new()).await.expect("restart");
-    let status = stray.wait().expect("reap stray");
+    let status = stray.0.wait().expect("reap stray");
     assert!(!status.success(), "stray exited by itself: {status}");
     let pid = containerd.state().borrow().pid.expect("pid");
     assert_ne!(pid, stray_pid);
