@@ -2,7 +2,8 @@
 //!
 //! Start at [`cli`] (argument parsing and mode dispatch), then [`server`] for the control
 //! plane. [`api`] holds the object machinery shared by every component; [`pki`] the cluster's
-//! certificates and tokens.
+//! certificates and tokens. [`cri`] runs containerd and speaks CRI v1 to it for the node
+//! agent.
 
 pub mod api;
 pub mod cli;
