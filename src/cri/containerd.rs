@@ -461,7 +461,13 @@ mod tests {
             .spawn()
             .expect("spawn sh");
         let pid = child.id() as i32;
-        let found = runs_with_config(pid, Path::new("/tmp/skiff-test/config.toml"));
+        // Until the child has exec'd, its command line is still the test binary's.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut found = false;
+        while !found && Instant::now() < deadline {
+            found = runs_with_config(pid, Path::new("/tmp/skiff-test/config.toml"));
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let other = runs_with_config(pid, Path::new("/tmp/other/config.toml"));
         let _ = child.kill();
         let _ = child.wait();
