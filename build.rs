@@ -13,7 +13,13 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 /// The `.proto` files compiled into the binary, relative to `proto/`.
-const PROTOS: &[&str] = &["cri/v1/api.proto"];
+const PROTOS: &[&str] = &[
+    "cri/v1/api.proto",
+    "containerd/types/descriptor.proto",
+    "containerd/services/content/v1/content.proto",
+    "containerd/services/images/v1/images.proto",
+    "containerd/services/leases/v1/leases.proto",
+];
 
 fn compile_protos() {
     for proto in PROTOS {
@@ -23,7 +29,7 @@ fn compile_protos() {
         Ok(files) => files,
         Err(e) => panic!("compiling {PROTOS:?}: {e:?}"),
     };
-    // Client stubs only: skiff calls the runtime, it never serves CRI. The connection is built
+    // Client stubs only: skiff calls the runtime, it never serves CRI or containerd's API. The connection is built
     // by `cri::client` (a unix socket), so the generated `connect` helper is not wanted.
     if let Err(e) = tonic_prost_build::configure()
         .build_server(false)
