@@ -102,6 +102,11 @@ impl CriClient {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
+    /// The underlying channel, for containerd's own services on the same socket.
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// Wraps an error status of `call` with this client's socket.
     pub fn call_error(&self, call: &'static str, status: tonic::Status) -> CriError {
         CriError::Call { socket: self.socket.clone(), call, status: Box::new(status) }

@@ -44,6 +44,10 @@ pub enum CriError {
     #[error("containerd ({}) exited with {status} before {} answered; see {}", binary.display(), socket.display(), log.display())]
     Exited { binary: PathBuf, socket: PathBuf, status: String, log: PathBuf },
 
+    /// An image archive could not be imported.
+    #[error("importing {}: {reason}", archive.display())]
+    Import { archive: PathBuf, reason: String },
+
     /// Start-up was cancelled.
     #[error("cancelled while starting containerd for {}", socket.display())]
     Cancelled { socket: PathBuf },

@@ -2,8 +2,9 @@
 //!
 //! Start at [`Containerd`] (writes the config from [`config`], runs `containerd` as a child,
 //! restarts it when it dies, stops it on cancellation), then [`CriClient`], which speaks CRI v1
-//! over containerd's unix socket. [`proto`] holds the generated CRI messages and clients,
-//! [`containerd_api`] the few parts of containerd's own API that importing images needs.
+//! over containerd's unix socket, and [`images`], which imports OCI and Docker image archives.
+//! [`proto`] holds the generated CRI messages and clients, [`containerd_api`] the few parts of
+//! containerd's own API that importing needs.
 //!
 //! This room knows no Kubernetes objects and holds no kube client: it speaks only CRI and
 //! manages containerd. Turning pods into sandboxes and containers is the agent's job.
@@ -46,6 +47,7 @@ pub mod client;
 pub mod config;
 pub mod containerd;
 mod error;
+pub mod images;
 
 pub use client::CriClient;
 pub use containerd::Containerd;
