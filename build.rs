@@ -30,7 +30,7 @@ fn compile_protos() {
         Err(e) => panic!("compiling {PROTOS:?}: {e:?}"),
     };
     // Client stubs only: skiff calls the runtime, it never serves CRI or containerd's API. The connection is built
-    // by `cri::client` (a unix socket), so the generated `connect` helper is not wanted.
+    // by `cri::client` (a unix socket), so the generated `connect` function is not wanted.
     if let Err(e) = tonic_prost_build::configure()
         .build_server(false)
         .build_transport(false)

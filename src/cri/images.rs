@@ -327,19 +327,19 @@ fn resolve(dir: &str, target: &str) -> String {
 }
 
 /// An open `Write` call: requests go in, and a task reads containerd's answers.
-struct Session {
+struct WriteCall {
     requests: mpsc::Sender<content::WriteContentRequest>,
     answers: tokio::task::JoinHandle<Result<(), tonic::Status>>,
 }
 
-/// One write session to the content store.
+/// One blob written to the content store.
 struct BlobWriter {
     reference: String,
     total: i64,
     offset: i64,
     head: Vec<u8>,
     /// `None` when the blob was already stored and the data is skipped.
-    session: Option<Session>,
+    call: Option<WriteCall>,
     existing: Option<String>,
 }
 
@@ -356,7 +356,7 @@ impl BlobWriter {
         };
         // The first message must be queued before the call: containerd answers it first.
         let _ = tx.send(first).await;
-        let mut writer = BlobWriter { reference, total, offset: 0, head: Vec::new(), session: None, existing: None };
+        let mut writer = BlobWriter { reference, total, offset: 0, head: Vec::new(), call: None, existing: None };
         match api.content().write(api.request(ReceiverStream::new(rx))).await {
             Ok(response) => {
                 let mut responses = response.into_inner();
@@ -366,7 +366,7 @@ impl BlobWriter {
                     while responses.message().await?.is_some() {}
                     Ok(())
                 });
-                writer.session = Some(Session { requests: tx, answers });
+                writer.call = Some(WriteCall { requests: tx, answers });
             }
             Err(s) if s.code() == tonic::Code::AlreadyExists && !expected.is_empty() => {
                 writer.existing = Some(expected)
@@ -381,7 +381,7 @@ impl BlobWriter {
             self.head.extend(chunk.iter().take(8 - self.head.len()));
         }
         let len = chunk.len() as i64;
-        if let Some(session) = &self.session {
+        if let Some(call) = &self.call {
             let request = content::WriteContentRequest {
                 action: content::WriteAction::Write as i32,
                 r#ref: self.reference.clone(),
@@ -389,7 +389,7 @@ impl BlobWriter {
                 data: chunk,
                 ..Default::default()
             };
-            if session.requests.send(request).await.is_err() {
+            if call.requests.send(request).await.is_err() {
                 // The call ended early; its status says why.
                 return Err(self.finish().await.err().unwrap_or_else(|| "content write ended early".to_string()));
             }
@@ -406,7 +406,7 @@ impl BlobWriter {
             }
             return Ok(Blob { digest: digest.to_string(), size: self.total, head: self.head });
         }
-        if let Some(session) = &self.session {
+        if let Some(call) = &self.call {
             let request = content::WriteContentRequest {
                 action: content::WriteAction::Commit as i32,
                 r#ref: self.reference.clone(),
@@ -416,15 +416,15 @@ impl BlobWriter {
                 labels,
                 ..Default::default()
             };
-            let _ = session.requests.send(request).await;
+            let _ = call.requests.send(request).await;
         }
         self.finish().await?;
         Ok(Blob { digest: digest.to_string(), size: self.total, head: std::mem::take(&mut self.head) })
     }
 
-    /// Ends the session and waits for containerd's last word.
+    /// Ends the call and waits for containerd's last word.
     async fn finish(&mut self) -> Result<(), String> {
-        let Some(Session { requests, answers }) = self.session.take() else { return Ok(()) };
+        let Some(WriteCall { requests, answers }) = self.call.take() else { return Ok(()) };
         drop(requests);
         match answers.await {
             Ok(Ok(_)) => Ok(()),
