@@ -152,7 +152,7 @@ impl Default for StoreOptions {
             max_batch: 256,
             max_value: 8 * 1024 * 1024,
             // Enough for the working set of a small cluster; an edge box's memory is precious.
-            cache_bytes: 32 * 1024 * 1024,
+            cache_bytes: 16 * 1024 * 1024,
         }
     }
 }
