@@ -126,7 +126,9 @@ fn leaves_at(v: &Value, pos: Pos, prefix: &mut Path, out: &mut BTreeSet<Path>) {
 fn item_segments(items: &[Value], parent_def: Option<&str>, field: &str) -> Option<(ListStrategy, Vec<String>)> {
     let strategy = crate::api::patch::strategy::strategy_for(parent_def, field, items.first());
     let segment = |item: &Value| match strategy {
-        ListStrategy::MergeByKey(key) => item.get(key).map(|k| format!("k:{}", json!({ key: k }))),
+        // `key` is a field name from the patch strategies (no character needs escaping); the
+        // value prints as compact JSON, as `fieldsV1` spells it.
+        ListStrategy::MergeByKey(key) => item.get(key).map(|k| format!("k:{{\"{key}\":{k}}}")),
         ListStrategy::MergeScalars if !item.is_object() && !item.is_array() => Some(format!("v:{item}")),
         _ => None,
     };
