@@ -23,8 +23,13 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-/// Buffered changes per subscriber before it is told to resync.
-const CHANGE_BUFFER: usize = 16 * 1024;
+/// Buffered changes per subscriber before it is told to resync. The buffer is allocated in
+/// full when the informer starts (~48 bytes a slot), and a process runs a score of informers,
+/// so only pods, which change by the thousand when workloads roll, get a deep one.
+const CHANGE_BUFFER: usize = 1024;
+/// The change buffer of the pod informer: a resync there costs every pod-watching controller a
+/// pass over all pods, so it should not happen while 10,000 pods are created.
+const POD_CHANGE_BUFFER: usize = 16 * 1024;
 
 /// One change seen by an informer.
 #[derive(Debug)]
@@ -125,7 +130,8 @@ where
     /// Starts watching `api` until `cancel` fires.
     pub fn spawn(api: Api<K>, config: watcher::Config, cancel: CancellationToken) -> Arc<Self> {
         let (store, mut writer) = reflector::store::<K>();
-        let (changes, _) = broadcast::channel(CHANGE_BUFFER);
+        let buffer = if K::kind(&()) == "Pod" && K::group(&()).is_empty() { POD_CHANGE_BUFFER } else { CHANGE_BUFFER };
+        let (changes, _) = broadcast::channel(buffer);
         let informer = Arc::new(Informer {
             store,
             changes,
