@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use skiff::cri::config::Settings;
 use skiff::cri::containerd::{Options, State, runs_with_config};
 use skiff::cri::images::import_archive;
+use skiff::cri::pause;
 use skiff::cri::proto::ListImagesRequest;
 use skiff::cri::{Containerd, CriClient, CriError};
 use tokio_util::sync::CancellationToken;
@@ -548,6 +549,28 @@ fn collect_garbage(socket: &Path) {
     ctr(&["leases", "delete", "--sync", "skiff-test-gc"]);
 }
 
+/// A pod sandbox in the host's network namespace (no CNI, no traffic), logs under `dir`.
+fn host_network_sandbox(dir: &Path) -> skiff::cri::proto::PodSandboxConfig {
+    use skiff::cri::proto::*;
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "p".to_string(),
+            uid: uuid::Uuid::new_v4().to_string(),
+            namespace: "skiff-test".to_string(),
+            attempt: 0,
+        }),
+        log_directory: dir.join("logs").to_string_lossy().into_owned(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// A host-network pod sandbox and a container from an imported image, through CRI: proves
 /// the imported content is complete and survives garbage collection (containerd unpacks it on
 /// first use), and that the
@@ -568,23 +591,7 @@ async fn a_container_runs_from_an_imported_image() {
     collect_garbage(containerd.socket());
     wait_for_cri_images(&client, &["docker.io/skiff-test/app:1"]).await;
 
-    let sandbox_config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "p".to_string(),
-            uid: uuid::Uuid::new_v4().to_string(),
-            namespace: "skiff-test".to_string(),
-            attempt: 0,
-        }),
-        log_directory: dir.path().join("logs").to_string_lossy().into_owned(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let sandbox_config = host_network_sandbox(dir.path());
     let mut runtime = client.runtime();
     let sandbox = runtime
         .run_pod_sandbox(RunPodSandboxRequest { config: Some(sandbox_config.clone()), runtime_handler: String::new() })
@@ -651,5 +658,76 @@ async fn a_container_runs_from_an_imported_image() {
     assert_eq!(String::from_utf8_lossy(&exec.stdout), "hello from busybox\n");
     assert_eq!(status.state, ContainerState::ContainerRunning as i32);
     assert_eq!(status.image.map(|i| i.image).as_deref(), Some("docker.io/skiff-test/app:1"));
+    containerd.stop().await;
+}
+
+/// skiff's own pause image, imported by `pause::ensure`, is what a sandbox runs: without it
+/// `RunPodSandbox` would try (and fail) to pull the sandbox image from a registry.
+#[tokio::test]
+async fn a_sandbox_runs_the_built_in_pause_image() {
+    use skiff::cri::proto::*;
+    require_containerd!();
+    let dir = short_tempdir();
+    let mut options = options(dir.path());
+    options.settings.sandbox_image = pause::IMAGE.to_string();
+    let containerd = Containerd::start(options, &CancellationToken::new()).await.expect("start");
+    let client = containerd.client();
+
+    let imported = pause::ensure(&client).await.expect("ensure the pause image");
+    assert_eq!(imported.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), [pause::IMAGE]);
+    assert!(pause::ensure(&client).await.expect("ensure again").is_empty(), "imported twice");
+    // Only what the image record references survives a garbage collection.
+    collect_garbage(containerd.socket());
+
+    let mut runtime = client.runtime();
+    let config = host_network_sandbox(dir.path());
+    let sandbox = match runtime
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() })
+        .await
+    {
+        Ok(r) => r.into_inner().pod_sandbox_id,
+        Err(s) => panic!(
+            "RunPodSandbox: {}; containerd log:\n{}",
+            s.message(),
+            std::fs::read_to_string(containerd.log_path()).unwrap_or_default()
+        ),
+    };
+    let result = async {
+        let status = runtime
+            .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: sandbox.clone(), verbose: true })
+            .await
+            .map_err(|s| format!("PodSandboxStatus: {}", s.message()))?
+            .into_inner();
+        let state = status.status.as_ref().map(|s| s.state);
+        let info: serde_json::Value =
+            serde_json::from_str(status.info.get("info").map(String::as_str).unwrap_or("{}")).unwrap_or_default();
+        let pid = info["pid"].as_u64().ok_or(format!("no pid in the sandbox info: {info}"))?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let image = info["image"].as_str().unwrap_or_default().to_string();
+        runtime
+            .stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: sandbox.clone() })
+            .await
+            .map_err(|s| format!("StopPodSandbox: {}", s.message()))?;
+        let stopped = runtime
+            .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: sandbox.clone(), verbose: false })
+            .await
+            .map_err(|s| format!("PodSandboxStatus: {}", s.message()))?
+            .into_inner()
+            .status
+            .map(|s| s.state);
+        Ok::<_, String>((state, pid, cmdline, image, stopped))
+    }
+    .await;
+    let _ = runtime.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: sandbox.clone() }).await;
+    let removed = runtime.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: sandbox }).await;
+    let (state, pid, cmdline, image, stopped) = result.unwrap_or_else(|e| {
+        panic!("{e}; containerd log:\n{}", std::fs::read_to_string(containerd.log_path()).unwrap_or_default())
+    });
+    removed.expect("RemovePodSandbox");
+    assert_eq!(state, Some(PodSandboxState::SandboxReady as i32));
+    assert_eq!(cmdline, b"/pause\0", "the sandbox process is skiff's pause");
+    assert!(image.is_empty() || image == pause::IMAGE, "sandbox image {image}");
+    assert_eq!(stopped, Some(PodSandboxState::SandboxNotready as i32));
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "pause {pid} still runs after StopPodSandbox");
     containerd.stop().await;
 }

@@ -93,7 +93,7 @@ pub fn can_lower_oom_score(file: &Path) -> bool {
 /// The settings skiff chooses (as opposed to what the host dictates).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    /// The pause image every pod sandbox runs, e.g. `registry.k8s.io/pause:3.10`.
+    /// The pause image every pod sandbox runs; skiff provides [`super::pause::IMAGE`] itself.
     pub sandbox_image: String,
     /// Where the CNI network configuration (the conflist) is read from.
     pub cni_conf_dir: PathBuf,

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -61,6 +61,22 @@ pub struct ImportedImage {
 /// socket `client` talks to. Returns the records written; an archive with no named image is
 /// an error.
 pub async fn import_archive(client: &CriClient, archive: &Path) -> Result<Vec<ImportedImage>, CriError> {
+    import(client, archive, Source::File(archive.to_path_buf())).await
+}
+
+/// Imports an archive held in memory, as [`import_archive`] does a file; `label` stands for it
+/// in errors and logs.
+pub async fn import_bytes(client: &CriClient, label: &Path, bytes: Vec<u8>) -> Result<Vec<ImportedImage>, CriError> {
+    import(client, label, Source::Memory(bytes)).await
+}
+
+/// Where an archive's bytes come from.
+enum Source {
+    File(PathBuf),
+    Memory(Vec<u8>),
+}
+
+async fn import(client: &CriClient, archive: &Path, source: Source) -> Result<Vec<ImportedImage>, CriError> {
     let fail = |reason: String| CriError::Import { archive: archive.to_path_buf(), reason };
     let lease = format!("skiff-import-{}", uuid::Uuid::new_v4());
     let api = Api { channel: client.channel(), lease: lease.clone() };
@@ -73,7 +89,7 @@ pub async fn import_archive(client: &CriClient, archive: &Path) -> Result<Vec<Im
         .map_err(|s| fail(format!("creating lease: {}", s.message())))?;
 
     let span = tracing::info_span!("import", archive = %archive.display());
-    let result = tracing::Instrument::instrument(import_with_lease(&api, archive), span).await.map_err(fail);
+    let result = tracing::Instrument::instrument(import_with_lease(&api, source), span).await.map_err(fail);
 
     // Whatever happened, the lease goes: the image records now hold what they need, and a
     // failed import's blobs become garbage.
@@ -167,10 +183,9 @@ impl Contents {
     }
 }
 
-async fn import_with_lease(api: &Api, archive: &Path) -> Result<Vec<ImportedImage>, String> {
+async fn import_with_lease(api: &Api, source: Source) -> Result<Vec<ImportedImage>, String> {
     let (tx, mut rx) = mpsc::channel::<Event>(8);
-    let path = archive.to_path_buf();
-    let reader = tokio::task::spawn_blocking(move || read_archive(&path, &tx));
+    let reader = tokio::task::spawn_blocking(move || read_archive(source, &tx));
 
     let mut contents = Contents::default();
     let mut writer: Option<(String, BlobWriter)> = None;
@@ -233,9 +248,12 @@ async fn import_with_lease(api: &Api, archive: &Path) -> Result<Vec<ImportedImag
 }
 
 /// Reads the archive, decompressing as its magic bytes say, and sends its entries.
-fn read_archive(path: &Path, tx: &mpsc::Sender<Event>) -> Result<(), String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("opening: {e}"))?;
-    let mut buffered = BufReader::with_capacity(CHUNK, file);
+fn read_archive(source: Source, tx: &mpsc::Sender<Event>) -> Result<(), String> {
+    let raw: Box<dyn Read> = match source {
+        Source::File(path) => Box::new(std::fs::File::open(path).map_err(|e| format!("opening: {e}"))?),
+        Source::Memory(bytes) => Box::new(std::io::Cursor::new(bytes)),
+    };
+    let mut buffered = BufReader::with_capacity(CHUNK, raw);
     let magic = buffered.fill_buf().map_err(|e| format!("reading: {e}"))?;
     let decoded: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
