@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use skiff::cri::config::Settings;
 use skiff::cri::containerd::{Options, State, runs_with_config};
-use skiff::cri::images::import_archive;
+use skiff::cri::images::{import_archive, import_dir};
 use skiff::cri::pause;
 use skiff::cri::proto::ListImagesRequest;
 use skiff::cri::{Containerd, CriClient, CriError};
@@ -729,5 +729,61 @@ async fn a_sandbox_runs_the_built_in_pause_image() {
     assert!(image.is_empty() || image == pause::IMAGE, "sandbox image {image}");
     assert_eq!(stopped, Some(PodSandboxState::SandboxNotready as i32));
     assert!(!Path::new(&format!("/proc/{pid}")).exists(), "pause {pid} still runs after StopPodSandbox");
+    containerd.stop().await;
+}
+
+/// The images folder: each archive once per content, a changed one again, a broken one named
+/// while the others go on, other files set aside.
+#[tokio::test]
+async fn an_images_folder_is_imported_once_per_file_content() {
+    require_images!();
+    let dir = short_tempdir();
+    let containerd = Containerd::start(options(dir.path()), &CancellationToken::new()).await.expect("start");
+    let client = containerd.client();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).expect("mkdir");
+    // Sorted first, so it fails before the good ones are tried.
+    std::fs::write(images.join("0-broken.tar"), b"not an archive, just some bytes pretending to be one....")
+        .expect("write");
+    std::fs::write(images.join("a.tar"), docker_archive(&["skiff-test/dir-a:1"])).expect("write");
+    std::fs::write(images.join("b.tar.gz"), gzip(&oci_archive("example.org/skiff/dir-b:1"))).expect("write");
+    std::fs::write(images.join("notes.txt"), b"not an image").expect("write");
+    let state = dir.path().join("containerd").join(skiff::cri::image_dir::STATE_FILE);
+    let names = |paths: &[PathBuf]| -> Vec<String> {
+        paths.iter().map(|p| p.file_name().expect("name").to_string_lossy().into_owned()).collect()
+    };
+
+    let first = import_dir(&client, &images, &state).await.expect("first pass");
+    let imported: Vec<PathBuf> = first.imported.iter().map(|(p, _)| p.clone()).collect();
+    assert_eq!(names(&imported), ["a.tar", "b.tar.gz"]);
+    let tags: Vec<&str> = first.imported.iter().flat_map(|(_, i)| i.iter().map(|i| i.name.as_str())).collect();
+    assert_eq!(tags, ["docker.io/skiff-test/dir-a:1", "example.org/skiff/dir-b:1"]);
+    assert_eq!(first.failed.len(), 1);
+    let (broken, error) = &first.failed[0];
+    assert!(broken.ends_with("0-broken.tar"));
+    assert!(error.to_string().contains("0-broken.tar"), "{error}");
+    assert_eq!(names(&first.ignored), ["notes.txt"]);
+    assert_eq!(std::fs::read_to_string(&state).expect("state file").lines().count(), 2);
+    wait_for_cri_images(&client, &["docker.io/skiff-test/dir-a:1", "example.org/skiff/dir-b:1"]).await;
+
+    let second = import_dir(&client, &images, &state).await.expect("second pass");
+    assert!(second.imported.is_empty(), "imported again: {:?}", second.imported);
+    assert_eq!(names(&second.unchanged), ["a.tar", "b.tar.gz"]);
+    assert_eq!(second.failed.len(), 1, "a broken file is tried again");
+
+    // A changed file is imported again; a copy of an imported one under a new name is not.
+    std::fs::write(images.join("a.tar"), docker_archive(&["skiff-test/dir-a:2"])).expect("write");
+    std::fs::copy(images.join("b.tar.gz"), images.join("c.tar.gz")).expect("copy");
+    let third = import_dir(&client, &images, &state).await.expect("third pass");
+    let imported: Vec<PathBuf> = third.imported.iter().map(|(p, _)| p.clone()).collect();
+    assert_eq!(names(&imported), ["a.tar"]);
+    assert_eq!(third.imported[0].1[0].name, "docker.io/skiff-test/dir-a:2");
+    assert_eq!(names(&third.unchanged), ["b.tar.gz", "c.tar.gz"]);
+    let tags = wait_for_cri_images(&client, &["docker.io/skiff-test/dir-a:2"]).await;
+    assert!(tags.iter().any(|t| t == "docker.io/skiff-test/dir-a:2"), "{tags:?}");
+
+    // No folder, nothing to do.
+    let none = import_dir(&client, &dir.path().join("absent"), &state).await.expect("missing folder");
+    assert!(none.imported.is_empty() && none.failed.is_empty() && none.unchanged.is_empty());
     containerd.stop().await;
 }

@@ -26,6 +26,7 @@ use super::containerd_api::services::content::v1 as content;
 use super::containerd_api::services::images::v1 as images;
 use super::containerd_api::services::leases::v1 as leases;
 use super::containerd_api::types::Descriptor;
+pub use super::image_dir::{DirImport, import_dir};
 use super::{CriClient, CriError};
 
 /// The containerd namespace the CRI plugin keeps its images in.

@@ -2,7 +2,8 @@
 //!
 //! Start at [`Containerd`] (writes the config from [`config`], runs `containerd` as a child,
 //! restarts it when it dies, stops it on cancellation), then [`CriClient`], which speaks CRI v1
-//! over containerd's unix socket, and [`images`], which imports OCI and Docker image archives.
+//! over containerd's unix socket, and [`images`], which imports OCI and Docker image archives
+//! ([`image_dir`]: a folder of them, once per file content).
 //! [`pause`] builds the sandbox image from machine code written out in it, with no download.
 //! [`proto`] holds the generated CRI messages and clients, [`containerd_api`] the few parts of
 //! containerd's own API that importing needs.
@@ -48,6 +49,7 @@ pub mod client;
 pub mod config;
 pub mod containerd;
 mod error;
+pub mod image_dir;
 pub mod images;
 pub mod pause;
 
