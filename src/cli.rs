@@ -34,6 +34,8 @@ enum Command {
     Server(Box<ServerFlags>),
     /// Run simulated nodes (no containers) against a cluster, for tests and benchmarks.
     Sim(Box<crate::sim::config::SimFlags>),
+    /// Import and list container images through the node's CRI socket.
+    Images(Box<crate::cri::images_cli::ImagesFlags>),
     /// Run the kubectl found on PATH with KUBECONFIG set to skiff's admin kubeconfig.
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -61,6 +63,7 @@ pub fn run() -> i32 {
         Ok(Parsed::Server(cfg)) => crate::server::run_blocking(*cfg),
         Ok(Parsed::Kubectl(args)) => run_kubectl(args),
         Ok(Parsed::Sim(flags)) => crate::sim::config::run_blocking(*flags),
+        Ok(Parsed::Images(flags)) => crate::cri::images_cli::run_blocking(*flags),
         Ok(Parsed::Exit(code)) => code,
         Err(e) => {
             eprintln!("skiff: {e}");
@@ -75,6 +78,7 @@ pub enum Parsed {
     Server(Box<ServerConfig>),
     Kubectl(Vec<OsString>),
     Sim(Box<crate::sim::config::SimFlags>),
+    Images(Box<crate::cri::images_cli::ImagesFlags>),
     /// `--help` or `--version` was printed.
     Exit(i32),
 }
@@ -113,6 +117,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed, CliError> {
         }
         Command::Kubectl { args } => Ok(Parsed::Kubectl(args)),
         Command::Sim(flags) => Ok(Parsed::Sim(flags)),
+        Command::Images(flags) => Ok(Parsed::Images(flags)),
     }
 }
 

@@ -787,3 +787,140 @@ async fn an_images_folder_is_imported_once_per_file_content() {
     assert!(none.imported.is_empty() && none.failed.is_empty() && none.unchanged.is_empty());
     containerd.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// `skiff images`, through the real binary.
+
+/// Runs `skiff ARGS`, returning the exit code, stdout and stderr.
+fn skiff(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(args)
+        .env_remove("SKIFF_DATA_DIR")
+        .env_remove("SKIFF_CONTAINER_RUNTIME_ENDPOINT")
+        .output()
+        .expect("run skiff");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+macro_rules! args {
+    ($($a:expr),* $(,)?) => { &[$(std::ffi::OsStr::new($a)),*] };
+}
+
+#[test]
+fn images_commands_without_a_runtime_say_which_socket_in_one_line() {
+    let dir = short_tempdir();
+    let data = dir.path().to_str().expect("utf8");
+    let (code, stdout, stderr) = skiff(args!["images", "list", "--data-dir", data]);
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let socket = dir.path().join("agent/containerd/containerd.sock");
+    assert!(stderr.contains(socket.to_str().expect("utf8")), "{stderr}");
+    assert!(stderr.contains("agent must be running"), "{stderr}");
+
+    let absent = dir.path().join("other.sock");
+    let endpoint = format!("unix://{}", absent.display());
+    let (code, _, stderr) = skiff(args!["images", "import", "x.tar", "--container-runtime-endpoint", &endpoint]);
+    assert_eq!(code, 1);
+    assert_eq!(stderr.trim(), format!("skiff: no CRI socket at {}", absent.display()));
+
+    let (code, _, stderr) = skiff(args!["images", "list", "--container-runtime-endpoint", "tcp://127.0.0.1:1"]);
+    assert_eq!(code, 1);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("only unix sockets"), "{stderr}");
+
+    let (code, _, stderr) = skiff(args!["images", "import"]);
+    assert_eq!(code, 1, "FILE is required");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[tokio::test]
+async fn skiff_images_import_and_list_talk_to_the_agents_containerd() {
+    require_images!();
+    let dir = short_tempdir();
+    // Where the agent keeps its containerd, so the default socket under --data-dir is found.
+    let data = dir.path().join("data");
+    let options = Options::new(
+        data.join("agent/containerd"),
+        Settings { sandbox_image: pause::IMAGE.to_string(), cni_conf_dir: dir.path().join("cni") },
+    );
+    let containerd = Containerd::start(options, &CancellationToken::new()).await.expect("start");
+    let client = containerd.client();
+    let good = dir.path().join("good.tar.gz");
+    std::fs::write(&good, gzip(&docker_archive(&["skiff-test/cli:1", "example.org/cli/other:2.0"]))).expect("write");
+    let broken = dir.path().join("broken.tar");
+    std::fs::write(&broken, b"not an archive, just some bytes pretending to be one....").expect("write");
+
+    // The broken file is named and fails the command; the good one after it is imported anyway.
+    let data_arg = data.to_str().expect("utf8");
+    let (code, stdout, stderr) = tokio::task::spawn_blocking({
+        let (broken, good, data_arg) = (broken.clone(), good.clone(), data_arg.to_string());
+        move || {
+            skiff(&[
+                "images".as_ref(),
+                "import".as_ref(),
+                broken.as_os_str(),
+                good.as_os_str(),
+                "--data-dir".as_ref(),
+                data_arg.as_ref(),
+            ])
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 1, "stdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("skiff: importing ") && stderr.contains("broken.tar"), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with("imported docker.io/skiff-test/cli:1 sha256:"), "{stdout}");
+    assert!(lines[1].starts_with("imported example.org/cli/other:2.0 sha256:"), "{stdout}");
+    wait_for_cri_images(&client, &["docker.io/skiff-test/cli:1", "example.org/cli/other:2.0"]).await;
+
+    // The list, through the default socket and through an explicit endpoint, the same table.
+    let (code, table, stderr) = tokio::task::spawn_blocking({
+        let data_arg = data_arg.to_string();
+        move || skiff(args!["images", "list", "--data-dir", &data_arg])
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "{stderr}");
+    let endpoint = format!("unix://{}", containerd.socket().display());
+    let (code, again, _) =
+        tokio::task::spawn_blocking(move || skiff(args!["images", "list", "--container-runtime-endpoint", &endpoint]))
+            .await
+            .expect("join");
+    assert_eq!(code, 0);
+    assert_eq!(table, again);
+
+    let status = client
+        .images()
+        .image_status(skiff::cri::proto::ImageStatusRequest {
+            image: Some(skiff::cri::proto::ImageSpec {
+                image: "docker.io/skiff-test/cli:1".into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .expect("ImageStatus")
+        .into_inner()
+        .image
+        .expect("image");
+    let id = &status.id.strip_prefix("sha256:").expect("sha256 id")[..13];
+    let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0], ["IMAGE", "TAG", "IMAGE", "ID", "SIZE"], "{table}");
+    let row = |image: &str| rows.iter().find(|r| r[0] == image).unwrap_or_else(|| panic!("{image} not in\n{table}"));
+    let cli = row("docker.io/skiff-test/cli");
+    assert_eq!(cli[1], "1");
+    assert_eq!(cli[2], id);
+    assert!(cli[3].ends_with("MB"), "busybox is megabytes: {table}");
+    let other = row("example.org/cli/other");
+    assert_eq!((other[1], other[2]), ("2.0", id), "one image, two names");
+    assert_eq!(rows.len(), 3, "{table}");
+    containerd.stop().await;
+}

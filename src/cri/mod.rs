@@ -51,6 +51,7 @@ pub mod containerd;
 mod error;
 pub mod image_dir;
 pub mod images;
+pub mod images_cli;
 pub mod pause;
 
 pub use client::CriClient;

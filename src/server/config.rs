@@ -122,6 +122,11 @@ pub fn default_kubeconfig_path(root: bool) -> PathBuf {
     if root { PathBuf::from("/etc/skiff/skiff.yaml") } else { home().join(".skiff").join("skiff.yaml") }
 }
 
+/// `/var/lib/skiff` for root, `~/.skiff` otherwise.
+pub fn default_data_dir(root: bool) -> PathBuf {
+    if root { PathBuf::from("/var/lib/skiff") } else { home().join(".skiff") }
+}
+
 fn home() -> PathBuf {
     std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
 }
@@ -150,8 +155,7 @@ impl ServerConfig {
     /// Applies defaults and checks every value; errors name the flag.
     pub fn from_flags(f: ServerFlags) -> Result<ServerConfig, String> {
         let root = nix::unistd::geteuid().is_root();
-        let data_dir =
-            f.data_dir.unwrap_or_else(|| if root { PathBuf::from("/var/lib/skiff") } else { home().join(".skiff") });
+        let data_dir = f.data_dir.unwrap_or_else(|| default_data_dir(root));
         let cluster_cidr = parse_cidr("cluster-cidr", f.cluster_cidr.as_deref().unwrap_or("10.42.0.0/16"))?;
         let service_cidr = parse_cidr("service-cidr", f.service_cidr.as_deref().unwrap_or("10.43.0.0/16"))?;
         if service_cidr.prefix_len() + 20 < service_cidr.max_prefix_len() {
