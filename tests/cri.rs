@@ -702,7 +702,15 @@ async fn a_sandbox_runs_the_built_in_pause_image() {
         let info: serde_json::Value =
             serde_json::from_str(status.info.get("info").map(String::as_str).unwrap_or("{}")).unwrap_or_default();
         let pid = info["pid"].as_u64().ok_or(format!("no pid in the sandbox info: {info}"))?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        // runc returns once its init is told to exec, which may not have happened yet.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let cmdline = loop {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline == b"/pause\0" || Instant::now() > deadline {
+                break cmdline;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         let image = info["image"].as_str().unwrap_or_default().to_string();
         runtime
             .stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: sandbox.clone() })
