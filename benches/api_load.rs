@@ -2,7 +2,8 @@
 //! against the release binary, and the same create load against etcd as the storage floor.
 //!
 //! Run: `cargo bench --bench api_load` (see BENCHMARKS.md). It starts its own server on a
-//! loopback port in a temp dir and stops everything it started.
+//! loopback port in a temp dir and stops everything it started. The scheduler and controllers
+//! are off unless `SKIFF_BENCH_CONTROL_PLANE` is set (the control-plane benchmark measures them).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -183,7 +184,17 @@ async fn etcd_puts(dir: &std::path::Path) -> Option<(f64, Duration, Duration)> {
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let mut s = Server::start();
+    // This measures the API server and its store; the scheduler and controllers, which would
+    // otherwise try to schedule (and report on) every pod created here, are measured by the
+    // control-plane benchmark. SKIFF_BENCH_CONTROL_PLANE=1 runs them here too.
+    let with_control_plane = std::env::var_os("SKIFF_BENCH_CONTROL_PLANE").is_some();
+    let controllers = skiff::server::controllers::NAMES.join(",");
+    let mut s = if with_control_plane {
+        Server::start()
+    } else {
+        Server::start_with(&["--disable-scheduler", "--disable-controller", &controllers])
+    };
+    println!("control plane: {}", if with_control_plane { "on (scheduler and every controller)" } else { "off" });
     let pid = s.child.as_ref().unwrap().id();
     std::thread::sleep(Duration::from_secs(2));
     let idle_rss = rss_kib(pid);
