@@ -145,8 +145,7 @@ fn file_digest(path: &Path) -> std::io::Result<String> {
         }
         context.update(&buffer[..n]);
     }
-    let hex: String = context.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("sha256:{hex}"))
+    Ok(super::images::digest_name(context.finish()))
 }
 
 /// The state file's digests and the file names they came from. A missing or unreadable file is

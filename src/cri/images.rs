@@ -306,8 +306,7 @@ fn read_archive(source: Source, tx: &mpsc::Sender<Event>) -> Result<(), String> 
             }
             send(Event::Data(chunk))?;
         }
-        let hex: String = digest.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        send(Event::End { digest: format!("sha256:{hex}"), small })?;
+        send(Event::End { digest: digest_name(digest.finish()), small })?;
     }
     Ok(())
 }
@@ -619,8 +618,13 @@ fn layer_media_type(head: &[u8]) -> &'static str {
     }
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+/// The OCI digest (`sha256:<hex>`) of `bytes`.
+pub(crate) fn sha256(bytes: &[u8]) -> String {
+    digest_name(ring::digest::digest(&ring::digest::SHA256, bytes))
+}
+
+/// A SHA-256 digest as OCI and containerd spell it: `sha256:<hex>`.
+pub(crate) fn digest_name(digest: ring::digest::Digest) -> String {
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::images::{ImportedImage, import_bytes};
+use super::images::{ImportedImage, import_bytes, sha256};
 use super::proto::{ImageSpec, ImageStatusRequest};
 use super::{CriClient, CriError};
 
@@ -294,13 +294,13 @@ pub fn image_archive(arch: Arch) -> Vec<u8> {
     config["created"] = json!("1970-01-01T00:00:00Z");
     // As upstream's image: an unprivileged user, since the program needs no rights at all.
     config["config"] = json!({"User": "65535:65535", "Entrypoint": ["/pause"], "WorkingDir": "/"});
-    config["rootfs"] = json!({"type": "layers", "diff_ids": [digest(&layer)]});
+    config["rootfs"] = json!({"type": "layers", "diff_ids": [sha256(&layer)]});
     let config = serde_json::to_vec(&config).unwrap_or_default();
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&config), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest(&layer), "size": layer.len()}],
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&layer), "size": layer.len()}],
     }))
     .unwrap_or_default();
     let tag = IMAGE.rsplit(':').next().unwrap_or("latest");
@@ -309,7 +309,7 @@ pub fn image_archive(arch: Arch) -> Vec<u8> {
         "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": [{
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest(&manifest),
+            "digest": sha256(&manifest),
             "size": manifest.len(),
             "platform": platform,
             "annotations": {"io.containerd.image.name": IMAGE, "org.opencontainers.image.ref.name": tag},
@@ -320,7 +320,7 @@ pub fn image_archive(arch: Arch) -> Vec<u8> {
     let mut archive = tar::Builder::new(Vec::new());
     append(&mut archive, "oci-layout", 0o644, br#"{"imageLayoutVersion":"1.0.0"}"#);
     for blob in [&config, &layer, &manifest] {
-        let name = digest(blob).replace(':', "/");
+        let name = sha256(blob).replace(':', "/");
         append(&mut archive, &format!("blobs/{name}"), 0o644, blob);
     }
     append(&mut archive, "index.json", 0o644, &index);
@@ -338,12 +338,6 @@ fn append(tar: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, bytes: &[u8]) 
     header.set_entry_type(tar::EntryType::Regular);
     // Writing into a Vec cannot fail; the paths are short, fixed and valid.
     let _ = tar.append_data(&mut header, path, bytes);
-}
-
-fn digest(bytes: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
 }
 
 /// Makes sure containerd has the pause image [`IMAGE`]: if the CRI image service does not know
