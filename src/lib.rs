@@ -5,6 +5,7 @@
 //! certificates and tokens. [`cri`] runs containerd and speaks CRI v1 to it for the node
 //! agent.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod cri;
