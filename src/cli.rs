@@ -32,6 +32,8 @@ enum Command {
     /// Run the control plane (API server and its store).
     #[command(args_override_self = true)]
     Server(Box<ServerFlags>),
+    /// Run the node part only (the kubelet and its container runtime) against an API server.
+    Agent(Box<crate::agent::config::AgentFlags>),
     /// Run simulated nodes (no containers) against a cluster, for tests and benchmarks.
     Sim(Box<crate::sim::config::SimFlags>),
     /// Import and list container images through the node's CRI socket.
@@ -63,6 +65,7 @@ pub fn run() -> i32 {
         Ok(Parsed::Server(cfg)) => crate::server::run_blocking(*cfg),
         Ok(Parsed::Kubectl(args)) => run_kubectl(args),
         Ok(Parsed::Sim(flags)) => crate::sim::config::run_blocking(*flags),
+        Ok(Parsed::Agent(flags)) => crate::agent::cli::run_blocking(*flags),
         Ok(Parsed::Images(flags)) => crate::cri::images_cli::run_blocking(*flags),
         Ok(Parsed::Exit(code)) => code,
         Err(e) => {
@@ -78,6 +81,7 @@ pub enum Parsed {
     Server(Box<ServerConfig>),
     Kubectl(Vec<OsString>),
     Sim(Box<crate::sim::config::SimFlags>),
+    Agent(Box<crate::agent::config::AgentFlags>),
     Images(Box<crate::cri::images_cli::ImagesFlags>),
     /// `--help` or `--version` was printed.
     Exit(i32),
@@ -85,14 +89,14 @@ pub enum Parsed {
 
 /// Parses argv (with the program name first) including the config file.
 pub fn parse(args: Vec<OsString>) -> Result<Parsed, CliError> {
-    // The config file is read only for `server`; find `--config` first without clap so the
-    // file's flags can be placed ahead of the command line.
-    let is_server = args.get(1).map(|a| a == "server").unwrap_or(false);
+    // The config file is read only for `server` and `agent`; find `--config` first without
+    // clap so the file's flags can be placed ahead of the command line.
+    let mode = args.get(1).and_then(|a| a.to_str()).filter(|a| *a == "server" || *a == "agent").map(str::to_string);
     let mut full = args.clone();
-    if is_server {
+    if let Some(mode) = mode {
         let (path, explicit) = config_path(&args[2..]);
         let file_args = match std::fs::read_to_string(&path) {
-            Ok(text) => config_file_args(&text, &path.display().to_string())?,
+            Ok(text) => config_file_args_for(&mode, &text, &path.display().to_string())?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Vec::new(),
             Err(e) => {
                 return Err(CliError::ConfigFile { path: path.display().to_string(), message: e.to_string() });
@@ -117,6 +121,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed, CliError> {
         }
         Command::Kubectl { args } => Ok(Parsed::Kubectl(args)),
         Command::Sim(flags) => Ok(Parsed::Sim(flags)),
+        Command::Agent(flags) => Ok(Parsed::Agent(flags)),
         Command::Images(flags) => Ok(Parsed::Images(flags)),
     }
 }
@@ -157,8 +162,14 @@ fn config_path(args: &[OsString]) -> (PathBuf, bool) {
     (PathBuf::from(DEFAULT_CONFIG_FILE), false)
 }
 
-/// Turns the YAML config file into `--key=value` flags, rejecting keys no flag has.
+/// Turns the YAML config file into `--key=value` flags of `skiff server`, rejecting keys no
+/// flag has.
 pub fn config_file_args(text: &str, path: &str) -> Result<Vec<String>, CliError> {
+    config_file_args_for("server", text, path)
+}
+
+/// The same for the `server` or `agent` subcommand.
+pub fn config_file_args_for(mode: &str, text: &str, path: &str) -> Result<Vec<String>, CliError> {
     let err = |message: String| CliError::ConfigFile { path: path.to_string(), message };
     if text.trim().is_empty() {
         return Ok(Vec::new());
@@ -169,7 +180,11 @@ pub fn config_file_args(text: &str, path: &str) -> Result<Vec<String>, CliError>
         serde_yaml::Value::Null => return Ok(Vec::new()),
         _ => return Err(err("must be a mapping of flag names to values".into())),
     };
-    let cmd = <ServerFlags as clap::Args>::augment_args(clap::Command::new("server"));
+    let cmd = if mode == "agent" {
+        <crate::agent::config::AgentFlags as clap::Args>::augment_args(clap::Command::new("agent"))
+    } else {
+        <ServerFlags as clap::Args>::augment_args(clap::Command::new("server"))
+    };
     let mut out = Vec::new();
     for (k, v) in map {
         let key = match k {

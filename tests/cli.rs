@@ -93,6 +93,7 @@ fn notifies_systemd_when_ready() {
         Command::new(env!("CARGO_BIN_EXE_skiff"))
             .args([
                 "server",
+                "--disable-agent",
                 "--bind-address",
                 "127.0.0.1",
                 "--https-listen-port",

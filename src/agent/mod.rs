@@ -1,5 +1,163 @@
 //! The node agent: a kubelet that runs the pods bound to this node through CRI.
 //!
+//! Start at [`run`]: it brings up the container runtime (a supervised containerd, or an
+//! existing CRI socket), imports the images folder and the built-in pause image, registers the
+//! Node ([`node`]: capacity, addresses, labels, Lease heartbeat, conditions from [`host`]
+//! measurements), writes the CNI configuration once the node has a pod CIDR ([`cni`]), and runs
+//! the pod workers ([`pods`]). [`config`] holds the flags.
+//!
 //! Invariant: an API client only (a [`kube::Client`], in-process inside `skiff server`, over
 //! HTTPS in `skiff agent`); it never sees the store. It speaks to containers only through the
-//! [`crate::cri`] room.
+//! [`crate::cri`] room, and it owns only the sandboxes and containers it labelled itself.
+
+pub mod cli;
+pub mod cni;
+pub mod config;
+pub mod host;
+pub mod node;
+pub mod pods;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+
+use crate::cri::containerd::Options;
+use crate::cri::{Containerd, CriClient, CriError};
+use config::AgentConfig;
+
+/// How long to wait for an existing CRI socket to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long pod workers wait for the node's pod CIDR before they start anyway (host-network
+/// pods need none).
+const POD_CIDR_WAIT: Duration = Duration::from_secs(30);
+
+/// Errors that stop the agent from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot create {}: {source}", path.display())]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("container runtime: {0}")]
+    Runtime(#[from] CriError),
+    #[error("cancelled before the node was registered")]
+    Cancelled,
+}
+
+/// The CNI configuration folder containerd reads.
+pub fn cni_conf_dir(cfg: &AgentConfig) -> PathBuf {
+    cfg.agent_dir().join("etc").join("cni").join("net.d")
+}
+
+/// Runs the agent until `cancel` fires.
+pub async fn run(cfg: AgentConfig, client: Client, cancel: CancellationToken) -> Result<(), AgentError> {
+    let cfg = Arc::new(cfg);
+    let agent_dir = cfg.agent_dir();
+    for dir in [agent_dir.clone(), agent_dir.join("images"), agent_dir.join("pods"), agent_dir.join("logs")] {
+        std::fs::create_dir_all(&dir).map_err(|source| AgentError::Dir { path: dir.clone(), source })?;
+    }
+    let host = crate::cri::config::HostFacts::detect();
+    let driver = host.cgroup_driver();
+    let (cri, containerd) = match &cfg.runtime_endpoint {
+        Some(socket) => (CriClient::connect(socket, CONNECT_TIMEOUT).await?, None),
+        None => {
+            let settings = crate::cri::config::Settings {
+                sandbox_image: crate::cri::pause::IMAGE.to_string(),
+                cni_conf_dir: cni_conf_dir(&cfg),
+            };
+            let mut options = Options::new(agent_dir.join("containerd"), settings);
+            options.host = host;
+            let c = Containerd::start(options, &cancel).await?;
+            (c.client(), Some(c))
+        }
+    };
+    if let Err(e) = crate::cri::pause::ensure(&cri).await {
+        tracing::warn!(error = %e, "cannot import the pause image");
+    }
+    let state_file = agent_dir.join("containerd").join(crate::cri::image_dir::STATE_FILE);
+    match crate::cri::image_dir::import_dir(&cri, &agent_dir.join("images"), &state_file).await {
+        Ok(r) => {
+            for (file, e) in &r.failed {
+                tracing::warn!(file = %file.display(), error = %e, "cannot import image archive");
+            }
+            if !r.imported.is_empty() {
+                tracing::info!(archives = r.imported.len(), "imported image archives");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot import the images folder"),
+    }
+    let version = cri.version().await?;
+    let info = host::system_info();
+    let facts = node::NodeFacts {
+        cfg: &cfg,
+        info: &info,
+        runtime_version: format!("{}://{}", version.runtime_name, version.runtime_version),
+    };
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match node::register(&client, &facts).await {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(node = %cfg.node_name, error = %e, "cannot register the node; retrying"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(AgentError::Cancelled),
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(10));
+    }
+    let recorder = crate::runtime::events::Recorder::new(client.clone(), "kubelet", &cfg.node_name);
+    let ctx = Arc::new(pods::worker::Ctx {
+        client: client.clone(),
+        cri: cri.clone(),
+        cfg: cfg.clone(),
+        recorder,
+        driver,
+        host_resolv: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        pods_dir: agent_dir.join("pods"),
+        logs_dir: agent_dir.join("logs"),
+    });
+    let heartbeat = node::heartbeat(client.clone(), cri.clone(), facts, cancel.clone());
+    let workers = async {
+        let _ = tokio::time::timeout(POD_CIDR_WAIT, configure_network(&client, &cfg, &cancel)).await;
+        tokio::join!(pods::run(ctx.clone(), cancel.clone()), configure_network(&client, &cfg, &cancel));
+    };
+    tokio::join!(heartbeat, workers);
+    if let Some(c) = containerd {
+        c.stop().await;
+    }
+    Ok(())
+}
+
+/// Waits for the node's pod CIDR and writes the CNI configuration for it.
+async fn configure_network(client: &Client, cfg: &AgentConfig, cancel: &CancellationToken) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut logged = false;
+    loop {
+        let cidr = nodes.get_opt(&cfg.node_name).await.ok().flatten().and_then(|n| n.spec).and_then(|s| s.pod_cidr);
+        if let Some(cidr) = cidr {
+            let conf_dir = cni_conf_dir(cfg);
+            let ipam = cfg.agent_dir().join("cni").join("ipam");
+            match tokio::task::spawn_blocking(move || cni::write(&conf_dir, &cidr, &ipam)).await {
+                Ok(Ok(path)) => {
+                    tracing::debug!(file = %path.display(), "CNI configuration written");
+                    return;
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the CNI configuration"),
+                Err(_) => return,
+            }
+        } else if !logged {
+            tracing::info!(node = %cfg.node_name, "waiting for the node's pod CIDR");
+            logged = true;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}

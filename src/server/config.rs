@@ -88,6 +88,11 @@ pub struct ServerFlags {
     /// Log verbosity, 0-10 [default: 0]
     #[arg(short = 'v', env = "SKIFF_V", value_name = "LEVEL", value_parser = clap::value_parser!(u8).range(0..=10))]
     pub v: Option<u8>,
+    /// Run the control plane only: no agent, so this box runs no pods
+    #[arg(long, env = "SKIFF_DISABLE_AGENT")]
+    pub disable_agent: bool,
+    #[command(flatten)]
+    pub node: crate::agent::config::NodeFlags,
 }
 
 /// Validated server settings with defaults applied.
@@ -115,6 +120,8 @@ pub struct ServerConfig {
     pub node_cidr_mask_size: u8,
     pub node_monitor_grace_period: std::time::Duration,
     pub terminated_pod_gc_threshold: usize,
+    /// The agent beside the control plane; `None` with `--disable-agent`.
+    pub agent: Option<crate::agent::config::AgentConfig>,
 }
 
 /// `/etc/skiff/skiff.yaml` for root, `~/.skiff/skiff.yaml` otherwise.
@@ -222,7 +229,19 @@ impl ServerConfig {
                 max_len.saturating_sub(2)
             ));
         }
+        let agent = if f.disable_agent {
+            None
+        } else {
+            Some(f.node.to_config(crate::agent::config::NodeDefaults {
+                data_dir: data_dir.clone(),
+                node_ip: Some(advertise_address),
+                cluster_dns,
+                cluster_domain: cluster_domain.clone(),
+                control_plane: true,
+            })?)
+        };
         Ok(ServerConfig {
+            agent,
             data_dir,
             bind_address: f.bind_address.unwrap_or_else(|| "0.0.0.0".parse().expect("literal")),
             https_listen_port: f.https_listen_port.unwrap_or(6443),

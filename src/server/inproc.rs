@@ -39,6 +39,13 @@ impl tower::Service<http::Request<kube::client::Body>> for InProcess {
 
 /// A client acting as `user` (e.g. `system:kube-scheduler`).
 pub fn client(api: Arc<ApiServer>, user: &str) -> kube::Client {
-    let user = UserInfo { name: user.to_string(), groups: vec![AUTHENTICATED.to_string()], ..Default::default() };
+    client_in_groups(api, user, &[])
+}
+
+/// A client acting as `user`, member of `groups` besides `system:authenticated`.
+pub fn client_in_groups(api: Arc<ApiServer>, user: &str, groups: &[&str]) -> kube::Client {
+    let mut all: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    all.push(AUTHENTICATED.to_string());
+    let user = UserInfo { name: user.to_string(), groups: all, ..Default::default() };
     kube::Client::new(InProcess { api, user }, "default")
 }

@@ -193,6 +193,23 @@ fn start_components(
         elector.run(shutdown.clone(), move |term| controllers::run(ctx.clone(), disabled.clone(), term)),
     ));
 
+    if let Some(agent_cfg) = cfg.agent.clone() {
+        if nix::unistd::geteuid().is_root() {
+            let user = format!("system:node:{}", agent_cfg.node_name);
+            let client = inproc::client_in_groups(api.clone(), &user, &[apiserver::auth::NODES]);
+            let cancel = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = crate::agent::run(agent_cfg, client, cancel).await {
+                    tracing::error!(error = %e, "the agent stopped; this server runs no pods");
+                }
+            }));
+        } else {
+            tracing::warn!(
+                "not running as root: no agent, so this server runs no pods (--disable-agent silences this)"
+            );
+        }
+    }
+
     if !cfg.disable_scheduler {
         let client = inproc::client(api.clone(), "system:kube-scheduler");
         let elector = crate::runtime::leader::Elector::new(client.clone(), "kube-scheduler", &identity);

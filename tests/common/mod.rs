@@ -60,6 +60,8 @@ impl Server {
             .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
             .arg("server")
+            // API and control-plane tests run no containers; the node tests start their own.
+            .arg("--disable-agent")
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1"])

@@ -112,6 +112,10 @@ pub struct MastersOnly;
 /// `system:kube-*` ClusterRole; RBAC will narrow them the same way).
 pub const CONTROL_PLANE_USERS: &[&str] = &["system:kube-scheduler", "system:kube-controller-manager"];
 
+/// The group of node identities (`system:node:<name>`). Until a node authorizer narrows them to
+/// their own objects, nodes may do what the control plane may.
+pub const NODES: &str = "system:nodes";
+
 /// Requests any authenticated user may make (upstream grants these through the
 /// `system:discovery`, `system:basic-user` and `system:public-info-viewer` roles).
 fn is_basic_request(req: &RequestInfo) -> bool {
@@ -129,7 +133,7 @@ fn is_basic_request(req: &RequestInfo) -> bool {
 
 impl Authorizer for MastersOnly {
     fn authorize(&self, user: &UserInfo, req: &RequestInfo) -> Decision {
-        if user.groups.iter().any(|g| g == MASTERS)
+        if user.groups.iter().any(|g| g == MASTERS || g == NODES)
             || CONTROL_PLANE_USERS.contains(&user.name.as_str())
             || is_basic_request(req)
         {

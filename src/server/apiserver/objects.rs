@@ -532,7 +532,10 @@ impl Objects {
             n
         } else {
             let mut n = desired;
+            // A binding sets spec.nodeName and the PodScheduled condition together; every other
+            // write through the main resource leaves status as it was.
             if has_status(info)
+                && subresource != "binding"
                 && let Some(m) = n.as_object_mut()
             {
                 match current.get("status") {

@@ -174,9 +174,13 @@ fn set_condition(pod: &mut Value, kind: &str, status: &str) {
     let Some(conds) = conds.as_array_mut() else { return };
     let now = meta::now_rfc3339();
     match conds.iter_mut().find(|c| c.get("type").and_then(|t| t.as_str()) == Some(kind)) {
+        // The condition is replaced whole, as upstream's UpdatePodCondition does: a scheduling
+        // failure's reason and message do not outlive the binding.
         Some(c) => {
-            c["status"] = json!(status);
-            c["lastTransitionTime"] = json!(now);
+            let changed = c.get("status").and_then(|s| s.as_str()) != Some(status);
+            let transition =
+                if changed { json!(now) } else { c.get("lastTransitionTime").cloned().unwrap_or(json!(now)) };
+            *c = json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": transition});
         }
         None => conds.push(json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": now})),
     }

@@ -1,0 +1,204 @@
+//! The CRI calls pod workers make, each turning a gRPC error into one line: what the runtime
+//! holds for a pod (its sandboxes and containers, found by the pod-uid label), starting and
+//! stopping them, and tearing a pod down completely.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::cri::CriClient;
+use crate::cri::proto;
+
+use super::spec::{LABEL_MANAGED, LABEL_POD_UID};
+
+/// What the runtime holds for one pod.
+#[derive(Debug, Default, Clone)]
+pub struct Observed {
+    /// Newest first.
+    pub sandboxes: Vec<proto::PodSandbox>,
+    /// Newest first.
+    pub containers: Vec<proto::Container>,
+}
+
+impl Observed {
+    /// The newest sandbox, if it is ready.
+    pub fn ready_sandbox(&self) -> Option<&proto::PodSandbox> {
+        self.sandboxes.first().filter(|s| s.state == proto::PodSandboxState::SandboxReady as i32)
+    }
+
+    /// The instances of container `name`, newest first, in sandbox `sandbox` (or in any).
+    pub fn instances<'a>(
+        &'a self,
+        name: &'a str,
+        sandbox: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a proto::Container> + 'a {
+        self.containers.iter().filter(move |c| {
+            c.metadata.as_ref().is_some_and(|m| m.name == name) && sandbox.is_none_or(|s| c.pod_sandbox_id == s)
+        })
+    }
+}
+
+fn uid_filter(uid: &str) -> HashMap<String, String> {
+    [(LABEL_POD_UID.to_string(), uid.to_string())].into_iter().collect()
+}
+
+/// Reads the pod's sandboxes and containers.
+pub async fn observe(cri: &CriClient, uid: &str) -> Result<Observed, String> {
+    let mut rt = cri.runtime();
+    let sandboxes = rt
+        .list_pod_sandbox(proto::ListPodSandboxRequest {
+            filter: Some(proto::PodSandboxFilter { label_selector: uid_filter(uid), ..Default::default() }),
+        })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner()
+        .items;
+    let containers = rt
+        .list_containers(proto::ListContainersRequest {
+            filter: Some(proto::ContainerFilter { label_selector: uid_filter(uid), ..Default::default() }),
+        })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner()
+        .containers;
+    let mut o = Observed { sandboxes, containers };
+    o.sandboxes.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+    o.containers.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+    Ok(o)
+}
+
+/// Every sandbox and container the agent made, on this runtime.
+pub async fn everything(cri: &CriClient) -> Result<Observed, String> {
+    let managed: HashMap<String, String> = [(LABEL_MANAGED.to_string(), "true".to_string())].into_iter().collect();
+    let mut rt = cri.runtime();
+    let sandboxes = rt
+        .list_pod_sandbox(proto::ListPodSandboxRequest {
+            filter: Some(proto::PodSandboxFilter { label_selector: managed.clone(), ..Default::default() }),
+        })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner()
+        .items;
+    let containers = rt
+        .list_containers(proto::ListContainersRequest {
+            filter: Some(proto::ContainerFilter { label_selector: managed, ..Default::default() }),
+        })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner()
+        .containers;
+    Ok(Observed { sandboxes, containers })
+}
+
+/// A container's full status.
+pub async fn container_status(cri: &CriClient, id: &str) -> Result<proto::ContainerStatus, String> {
+    cri.runtime()
+        .container_status(proto::ContainerStatusRequest { container_id: id.to_string(), verbose: false })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner()
+        .status
+        .ok_or_else(|| format!("no status for container {id}"))
+}
+
+/// The sandbox's IP addresses.
+pub async fn sandbox_ips(cri: &CriClient, id: &str) -> Vec<String> {
+    let Ok(resp) = cri
+        .runtime()
+        .pod_sandbox_status(proto::PodSandboxStatusRequest { pod_sandbox_id: id.to_string(), verbose: false })
+        .await
+    else {
+        return Vec::new();
+    };
+    let Some(net) = resp.into_inner().status.and_then(|s| s.network) else { return Vec::new() };
+    let mut ips = Vec::new();
+    if !net.ip.is_empty() {
+        ips.push(net.ip);
+    }
+    ips.extend(net.additional_ips.into_iter().map(|i| i.ip));
+    ips
+}
+
+/// Stops a container, giving it `grace` to exit after SIGTERM.
+pub async fn stop_container(cri: &CriClient, id: &str, grace: Duration) -> Result<(), String> {
+    // The call itself waits out the grace period; allow for it.
+    let mut req = tonic::Request::new(proto::StopContainerRequest {
+        container_id: id.to_string(),
+        timeout: grace.as_secs() as i64,
+    });
+    req.set_timeout(grace + Duration::from_secs(30));
+    cri.runtime().stop_container(req).await.map(|_| ()).map_err(|e| e.message().to_string())
+}
+
+/// Removes a container (it must be stopped).
+pub async fn remove_container(cri: &CriClient, id: &str) -> Result<(), String> {
+    cri.runtime()
+        .remove_container(proto::RemoveContainerRequest { container_id: id.to_string() })
+        .await
+        .map(|_| ())
+        .map_err(|e| e.message().to_string())
+}
+
+/// Stops and removes a sandbox and everything in it.
+pub async fn remove_sandbox(cri: &CriClient, id: &str) -> Result<(), String> {
+    let mut rt = cri.runtime();
+    rt.stop_pod_sandbox(proto::StopPodSandboxRequest { pod_sandbox_id: id.to_string() })
+        .await
+        .map_err(|e| e.message().to_string())?;
+    rt.remove_pod_sandbox(proto::RemovePodSandboxRequest { pod_sandbox_id: id.to_string() })
+        .await
+        .map(|_| ())
+        .map_err(|e| e.message().to_string())
+}
+
+/// Stops a sandbox (its network goes, its containers are killed) but keeps it for status.
+pub async fn stop_sandbox(cri: &CriClient, id: &str) -> Result<(), String> {
+    cri.runtime()
+        .stop_pod_sandbox(proto::StopPodSandboxRequest { pod_sandbox_id: id.to_string() })
+        .await
+        .map(|_| ())
+        .map_err(|e| e.message().to_string())
+}
+
+/// Whether the image is on the node; its image id if so.
+pub async fn image_present(cri: &CriClient, image: &str) -> Result<Option<String>, String> {
+    let resp = cri
+        .images()
+        .image_status(proto::ImageStatusRequest {
+            image: Some(proto::ImageSpec { image: image.to_string(), ..Default::default() }),
+            verbose: false,
+        })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+    Ok(resp.image.map(|i| i.id))
+}
+
+/// Pulls an image through the runtime, giving up after `timeout`.
+pub async fn pull(cri: &CriClient, image: &str, timeout: Duration) -> Result<String, String> {
+    let mut req = tonic::Request::new(proto::PullImageRequest {
+        image: Some(proto::ImageSpec { image: image.to_string(), ..Default::default() }),
+        auth: None,
+        sandbox_config: None,
+    });
+    req.set_timeout(timeout);
+    cri.images().pull_image(req).await.map(|r| r.into_inner().image_ref).map_err(|e| e.message().to_string())
+}
+
+/// Runs a command in a container and waits for it (hooks and exec probes).
+pub async fn exec_sync(
+    cri: &CriClient,
+    id: &str,
+    cmd: Vec<String>,
+    timeout: Duration,
+) -> Result<(i32, Vec<u8>), String> {
+    let mut req = tonic::Request::new(proto::ExecSyncRequest {
+        container_id: id.to_string(),
+        cmd,
+        timeout: timeout.as_secs().max(1) as i64,
+    });
+    req.set_timeout(timeout + Duration::from_secs(5));
+    let r = cri.runtime().exec_sync(req).await.map_err(|e| e.message().to_string())?.into_inner();
+    let mut out = r.stdout;
+    out.extend(r.stderr);
+    Ok((r.exit_code, out))
+}
