@@ -49,7 +49,7 @@ pub fn append_symlink(tar: &mut tar::Builder<Vec<u8>>, path: &str, target: &str)
     tar.append_link(&mut header, path, target).expect("tar link");
 }
 
-/// A root filesystem with busybox and a /bin link for each of its applets.
+/// A root filesystem with busybox, a /bin link for each of its applets, and /tmp.
 pub fn busybox_layer() -> Vec<u8> {
     let mut tar = tar::Builder::new(Vec::new());
     let mut dir = tar::Header::new_gnu();
@@ -57,6 +57,11 @@ pub fn busybox_layer() -> Vec<u8> {
     dir.set_mode(0o755);
     dir.set_entry_type(tar::EntryType::Directory);
     tar.append_data(&mut dir, "bin/", std::io::empty()).expect("tar dir");
+    let mut tmp = tar::Header::new_gnu();
+    tmp.set_size(0);
+    tmp.set_mode(0o1777);
+    tmp.set_entry_type(tar::EntryType::Directory);
+    tar.append_data(&mut tmp, "tmp/", std::io::empty()).expect("tar dir");
     append_file(&mut tar, "bin/busybox", 0o755, &std::fs::read("/bin/busybox").expect("busybox"));
     for tool in applets() {
         append_symlink(&mut tar, &format!("bin/{tool}"), "busybox");

@@ -56,7 +56,8 @@ pub struct Box {
     pub dir: tempfile::TempDir,
     pub node_ip: String,
     pub child: Option<Child>,
-    extra: Vec<String>,
+    /// Flags added to `skiff server` at every launch.
+    pub extra: Vec<String>,
 }
 
 impl Box {

@@ -36,8 +36,10 @@ pub struct Inputs<'a> {
     /// Per container name, its instances' statuses, newest first.
     pub instances: &'a HashMap<String, Vec<proto::ContainerStatus>>,
     pub waiting: &'a HashMap<String, Waiting>,
-    /// Per container name, whether its readiness (probe or running) holds.
+    /// Per container name, whether its readiness probe passes (absent: no probe).
     pub ready: &'a HashMap<String, bool>,
+    /// Per container name, whether its startup probe passed (absent: no probe).
+    pub started: &'a HashMap<String, bool>,
     pub initialized: bool,
     /// `Succeeded` or `Failed` once the pod is finished.
     pub terminal: Option<&'static str>,
@@ -129,7 +131,7 @@ fn container_status(c: &Container, inp: &Inputs<'_>, init: bool) -> ContainerSta
         image_id: newest.map(|s| s.image_ref.clone()).unwrap_or_default(),
         container_id: newest.map(|s| container_id(&s.id)),
         ready,
-        started: Some(running),
+        started: Some(running && inp.started.get(&c.name).copied().unwrap_or(true)),
         restart_count,
         state: Some(state),
         last_state: Some(last_state.unwrap_or_default()),

@@ -87,6 +87,10 @@ pub struct Worker {
     said: HashSet<String>,
     /// Set once the pod finished (Succeeded/Failed); nothing runs again.
     terminal: Option<&'static str>,
+    probes: super::probes::Probes,
+    /// Per container name: readiness and startedness of the running instance.
+    ready: HashMap<String, bool>,
+    started: HashMap<String, bool>,
 }
 
 fn restart_policy(pod: &Pod) -> &str {
@@ -137,6 +141,9 @@ impl Worker {
             volumes: Default::default(),
             said: HashSet::new(),
             terminal: None,
+            probes: Default::default(),
+            ready: HashMap::new(),
+            started: HashMap::new(),
         }
     }
 
@@ -222,6 +229,12 @@ impl Worker {
 
     /// One pass towards the pod's spec; returns when to look again.
     async fn sync(&mut self, pod: &Pod) -> Duration {
+        let next = self.sync_once(pod).await;
+        tracing::debug!(pod = %key(pod), next_ms = next.as_millis() as u64, "synced");
+        next
+    }
+
+    async fn sync_once(&mut self, pod: &Pod) -> Duration {
         let obs = match runtime::observe(&self.ctx.cri, &self.uid).await {
             Ok(o) => o,
             Err(e) => {
@@ -360,6 +373,11 @@ impl Worker {
             }
         }
         let obs = if started_any { runtime::observe(&self.ctx.cri, &self.uid).await.unwrap_or(obs) } else { obs };
+        if self.terminal.is_none()
+            && let Some(wait) = self.run_probes(pod, &obs, &sandbox.id, &pod_ips).await
+        {
+            next = next.min(wait);
+        }
         if self.terminal.is_none() && initialized {
             let statuses = self.instance_statuses(&obs).await;
             let all_done = spec.containers.iter().all(|c| {
@@ -377,6 +395,77 @@ impl Worker {
         }
         self.report(pod, &obs, self.terminal.is_none(), &pod_ips, initialized).await;
         if self.terminal.is_some() { Duration::from_secs(1) } else { next }
+    }
+
+    /// Runs the due probes of the running containers; a failed liveness or startup probe
+    /// stops its container (the next sync restarts it). Returns when the next probe is due.
+    async fn run_probes(&mut self, pod: &Pod, obs: &Observed, sandbox: &str, pod_ips: &[String]) -> Option<Duration> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let ip: Option<std::net::IpAddr> = pod_ips
+            .first()
+            .and_then(|i| i.parse().ok())
+            .or_else(|| spec.host_network.unwrap_or(false).then(|| self.ctx.cfg.node_ips.first().copied()).flatten());
+        let running: Vec<&proto::Container> = obs
+            .containers
+            .iter()
+            .filter(|c| c.pod_sandbox_id == sandbox && c.state == proto::ContainerState::ContainerRunning as i32)
+            .collect();
+        self.probes.retain(&running.iter().map(|c| c.id.clone()).collect::<Vec<_>>());
+        self.ready.clear();
+        self.started.clear();
+        let mut next: Option<tokio::time::Instant> = None;
+        let containers: Vec<(bool, Container)> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| (true, c.clone()))
+            .chain(spec.containers.iter().map(|c| (false, c.clone())))
+            .collect();
+        for (init, c) in &containers {
+            let Some(rc) = running.iter().find(|rc| rc.metadata.as_ref().is_some_and(|m| m.name == c.name)) else {
+                continue;
+            };
+            let started_at = match runtime::container_status(&self.ctx.cri, &rc.id).await {
+                Ok(s) if s.started_at > 0 => {
+                    let ago = (Utc::now().timestamp_nanos_opt().unwrap_or(0) - s.started_at).max(0) as u64;
+                    tokio::time::Instant::now() - Duration::from_nanos(ago)
+                }
+                _ => tokio::time::Instant::now(),
+            };
+            let (outcomes, due) = self.probes.run_due(&self.ctx.cri, c, &rc.id, started_at, ip).await;
+            for o in &outcomes {
+                tracing::debug!(pod = %key(pod), container = %c.name, probe = ?o.kind, failure = ?o.failure, "probe ran");
+            }
+            if let Some(d) = due {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
+            for o in outcomes {
+                let who = Some((*init, o.container.as_str()));
+                if let Some(msg) = &o.failure {
+                    self.event(pod, who, EventType::Warning, "Unhealthy", msg.clone());
+                }
+                if o.tripped && o.kind != super::probes::Kind::Readiness {
+                    let what = if o.kind == super::probes::Kind::Liveness { "liveness" } else { "startup" };
+                    self.event(
+                        pod,
+                        who,
+                        EventType::Normal,
+                        "Killing",
+                        format!("Container {} failed {what} probe, will be restarted", c.name),
+                    );
+                    let grace = c
+                        .liveness_probe
+                        .as_ref()
+                        .and_then(|p| p.termination_grace_period_seconds)
+                        .unwrap_or_else(|| spec::grace_seconds(pod));
+                    let _ =
+                        runtime::stop_container(&self.ctx.cri, &rc.id, Duration::from_secs(grace.max(0) as u64)).await;
+                }
+            }
+            self.ready.insert(c.name.clone(), self.probes.ready(c, &rc.id));
+            self.started.insert(c.name.clone(), self.probes.started(c, &rc.id));
+        }
+        next.map(|n| n.saturating_duration_since(tokio::time::Instant::now()))
     }
 
     fn finished_phase(&self, pod: &Pod, statuses: &HashMap<String, Vec<proto::ContainerStatus>>) -> &'static str {
@@ -895,7 +984,6 @@ impl Worker {
     async fn report(&mut self, pod: &Pod, obs: &Observed, sandbox_ready: bool, pod_ips: &[String], initialized: bool) {
         let instances = self.instance_statuses(obs).await;
         let host_ips: Vec<String> = self.ctx.cfg.node_ips.iter().map(|i| i.to_string()).collect();
-        let ready = HashMap::new();
         let inputs = status::Inputs {
             pod,
             sandbox_ready,
@@ -903,7 +991,8 @@ impl Worker {
             host_ips: &host_ips,
             instances: &instances,
             waiting: &self.waiting,
-            ready: &ready,
+            ready: &self.ready,
+            started: &self.started,
             initialized,
             terminal: self.terminal,
             start_time: self.start_time.clone(),
