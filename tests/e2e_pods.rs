@@ -203,3 +203,45 @@ spec:
     assert_eq!(t["exitCode"], 128, "{t}");
     assert_eq!(t["reason"], "StartError", "{t}");
 }
+
+#[test]
+fn out_of_memory_is_reported_and_host_ports_reach_the_pod() {
+    require_node!();
+    let b = Box::start("oomport");
+    b.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sh, -c, "tail /dev/zero"], resources: {limits: {memory: 16Mi}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, "mkdir -p /www && echo hello-from-pod > /www/index.html && httpd -f -p 8080 -h /www"]
+    ports: [{containerPort: 8080, hostPort: 30080}]
+"#,
+    );
+    b.wait_for("hog to be OOM-killed", Duration::from_secs(60), |b| b.phase("hog") == "Failed");
+    let pod = b.pod("hog").expect("pod");
+    let t = &pod["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(t["reason"], "OOMKilled", "{t}");
+    assert_eq!(t["exitCode"], 137, "{t}");
+
+    b.wait_for("web Running", Duration::from_secs(60), |b| b.phase("web") == "Running");
+    // bash's /dev/tcp, since busybox-static's wget crashes resolving names in a static build.
+    let get =
+        format!("exec 3<>/dev/tcp/{}/30080; printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; timeout 2 cat <&3", b.node_ip);
+    b.wait_for("the host port to answer", Duration::from_secs(20), |b| {
+        let out = b.exec("bash", &["-c", &get]);
+        String::from_utf8_lossy(&out.stdout).lines().last() == Some("hello-from-pod")
+    });
+}
