@@ -207,3 +207,29 @@ spec:
     assert_eq!(pod["status"]["phase"], "Running");
     assert_eq!(b.runtime_containers().len(), 2);
 }
+
+#[test]
+fn static_pods_run_from_the_manifests_folder_as_mirror_pods() {
+    require_node!();
+    let b = Box::start("static");
+    let dir = b.data_dir().join("agent").join("pod-manifests");
+    std::fs::create_dir_all(&dir).expect("manifests dir");
+    std::fs::write(
+        dir.join("web.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: kube-system}\nspec:\n  containers: [{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, \"3600\"]}]\n",
+    )
+    .expect("manifest");
+    b.wait_for("the mirror pod Running", Duration::from_secs(60), |b| {
+        b.kubectl(&["-n", "kube-system", "get", "pod", "web-box", "-o", "jsonpath={.status.phase}"]).stdout
+            == b"Running"
+    });
+    let pod = b.json(&["-n", "kube-system", "get", "pod", "web-box"]);
+    assert_eq!(pod["metadata"]["annotations"]["kubernetes.io/config.source"], "file");
+    assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "Node");
+    assert_eq!(pod["spec"]["nodeName"], "box");
+    std::fs::remove_file(dir.join("web.yaml")).expect("remove manifest");
+    b.wait_for("the mirror pod gone", Duration::from_secs(60), |b| {
+        !b.kubectl(&["-n", "kube-system", "get", "pod", "web-box"]).status.success()
+    });
+    b.wait_for("no container left", Duration::from_secs(30), |b| b.runtime_containers().is_empty());
+}

@@ -4,7 +4,8 @@
 //! existing CRI socket), imports the images folder and the built-in pause image, registers the
 //! Node ([`node`]: capacity, addresses, labels, Lease heartbeat, conditions from [`host`]
 //! measurements), writes the CNI configuration once the node has a pod CIDR ([`cni`]), and runs
-//! the pod workers ([`pods`]). [`config`] holds the flags.
+//! the pod workers ([`pods`]) and the static pods of `<data-dir>/agent/pod-manifests/`
+//! ([`static_pods`]). [`config`] holds the flags.
 //!
 //! Invariant: an API client only (a [`kube::Client`], in-process inside `skiff server`, over
 //! HTTPS in `skiff agent`); it never sees the store. It speaks to containers only through the
@@ -16,6 +17,7 @@ pub mod config;
 pub mod host;
 pub mod node;
 pub mod pods;
+pub mod static_pods;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,7 +61,13 @@ pub fn cni_conf_dir(cfg: &AgentConfig) -> PathBuf {
 pub async fn run(cfg: AgentConfig, client: Client, cancel: CancellationToken) -> Result<(), AgentError> {
     let cfg = Arc::new(cfg);
     let agent_dir = cfg.agent_dir();
-    for dir in [agent_dir.clone(), agent_dir.join("images"), agent_dir.join("pods"), agent_dir.join("logs")] {
+    for dir in [
+        agent_dir.clone(),
+        agent_dir.join("images"),
+        agent_dir.join("pods"),
+        agent_dir.join("logs"),
+        agent_dir.join("pod-manifests"),
+    ] {
         std::fs::create_dir_all(&dir).map_err(|source| AgentError::Dir { path: dir.clone(), source })?;
     }
     let host = crate::cri::config::HostFacts::detect();
@@ -121,13 +129,16 @@ pub async fn run(cfg: AgentConfig, client: Client, cancel: CancellationToken) ->
         host_resolv: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         pods_dir: agent_dir.join("pods"),
         logs_dir: agent_dir.join("logs"),
+        index: Default::default(),
     });
     let heartbeat = node::heartbeat(client.clone(), cri.clone(), facts, cancel.clone());
     let workers = async {
         let _ = tokio::time::timeout(POD_CIDR_WAIT, configure_network(&client, &cfg, &cancel)).await;
         tokio::join!(pods::run(ctx.clone(), cancel.clone()), configure_network(&client, &cfg, &cancel));
     };
-    tokio::join!(heartbeat, workers);
+    let mirrors =
+        static_pods::run(client.clone(), agent_dir.join("pod-manifests"), cfg.node_name.clone(), cancel.clone());
+    tokio::join!(heartbeat, workers, mirrors);
     if let Some(c) = containerd {
         c.stop().await;
     }

@@ -9,6 +9,7 @@
 //! uid no pod on this node has (a pod deleted while the agent was down) is removed.
 
 pub mod env;
+pub mod index;
 pub mod probes;
 pub mod runtime;
 pub mod spec;

@@ -56,6 +56,8 @@ pub struct Ctx {
     pub pods_dir: PathBuf,
     /// `<agent>/logs`: one directory per pod, as the runtime writes container logs.
     pub logs_dir: PathBuf,
+    /// What the kubelet API reads about the pods.
+    pub index: Arc<super::index::Index>,
 }
 
 impl Ctx {
@@ -973,6 +975,12 @@ impl Worker {
 
     /// Removes every sandbox and container of the pod and its files.
     async fn teardown(&mut self, known: Option<&Observed>) {
+        if let Some(entry) =
+            self.ctx.index.pods().into_iter().find(|p| p.metadata.uid.as_deref() == Some(self.uid.as_str()))
+        {
+            let (ns, name, _) = spec::ids(&entry);
+            self.ctx.index.remove(ns, name);
+        }
         let obs = match known {
             Some(o) => o.clone(),
             None => runtime::observe(&self.ctx.cri, &self.uid).await.unwrap_or_default(),
@@ -980,9 +988,37 @@ impl Worker {
         remove_pod(&self.ctx, &self.uid, &obs).await;
     }
 
+    /// Tells the index what this pod's containers are now.
+    fn publish(&self, pod: &Pod, obs: &Observed, instances: &HashMap<String, Vec<proto::ContainerStatus>>) {
+        let (ns, name, _) = spec::ids(pod);
+        let log_dir = self.ctx.log_dir(pod);
+        let path = |s: &proto::ContainerStatus| {
+            let p = PathBuf::from(&s.log_path);
+            if p.is_absolute() { p } else { log_dir.join(p) }
+        };
+        let containers = instances
+            .iter()
+            .filter_map(|(cname, list)| {
+                let newest = list.first()?;
+                Some((
+                    cname.clone(),
+                    super::index::ContainerInfo {
+                        id: newest.id.clone(),
+                        log_path: path(newest),
+                        previous_log_path: list.get(1).map(path),
+                        running: is_running(newest),
+                    },
+                ))
+            })
+            .collect();
+        let sandbox = obs.ready_sandbox().or(obs.sandboxes.first()).map(|s| s.id.clone());
+        self.ctx.index.put(ns, name, super::index::Entry { pod: Arc::new(pod.clone()), sandbox, containers });
+    }
+
     /// Posts the status if it changed since the last post.
     async fn report(&mut self, pod: &Pod, obs: &Observed, sandbox_ready: bool, pod_ips: &[String], initialized: bool) {
         let instances = self.instance_statuses(obs).await;
+        self.publish(pod, obs, &instances);
         let host_ips: Vec<String> = self.ctx.cfg.node_ips.iter().map(|i| i.to_string()).collect();
         let inputs = status::Inputs {
             pod,
