@@ -47,11 +47,16 @@ fn main() {
     println!("cargo:rustc-env=SKIFF_COMMIT={commit}");
     println!("cargo:rustc-env=SKIFF_TARGET={}", std::env::var("TARGET").unwrap_or_default());
     println!("cargo:rerun-if-changed=build.rs");
-    // Rebuild when the commit changes. In a linked worktree `.git` is a file, so ask git
-    // where this checkout's HEAD and the shared refs live.
+    // Rebuild when this checkout's commit changes, and only then: watching every branch
+    // would rebuild the whole crate whenever any other branch of the repository moves. In a
+    // linked worktree `.git` is a file, so ask git where HEAD and the shared refs live.
     if let (Some(dir), Some(common)) = (git(&["rev-parse", "--git-dir"]), git(&["rev-parse", "--git-common-dir"])) {
+        let mut paths = vec![format!("{dir}/HEAD"), format!("{common}/packed-refs")];
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            paths.push(format!("{common}/{branch}"));
+        }
         // A path that does not exist would rerun the script every time.
-        for path in [format!("{dir}/HEAD"), format!("{common}/refs/heads"), format!("{common}/packed-refs")] {
+        for path in paths {
             if std::path::Path::new(&path).exists() {
                 println!("cargo:rerun-if-changed={path}");
             }
