@@ -244,7 +244,8 @@ pub fn load_or_create(cfg: &PkiConfig) -> Result<ServerPki, PkiError> {
         }
     };
 
-    let (kc_crt, kc_key) = (dir.join("client-kube-apiserver-kubelet.crt"), dir.join("client-kube-apiserver-kubelet.key"));
+    let (kc_crt, kc_key) =
+        (dir.join("client-kube-apiserver-kubelet.crt"), dir.join("client-kube-apiserver-kubelet.key"));
     let (kubelet_client_cert_pem, kubelet_client_key_pem) = match (read_opt(&kc_crt)?, read_opt(&kc_key)?) {
         (Some(c), Some(k)) if days_left(&c).is_some_and(|d| d > RENEW_BEFORE_DAYS) => (c, k),
         _ => {
@@ -337,7 +338,8 @@ mod tests {
         assert_eq!(a.kubelet_client_cert_pem, b.kubelet_client_cert_pem, "kept across starts");
         let id = identity_from_cert(&pem_der(&a.kubelet_client_cert_pem)).unwrap();
         assert_eq!((id.user.as_str(), id.groups), (KUBELET_CLIENT_CN, vec!["system:masters".to_string()]));
-        let mode = std::fs::metadata(d.path().join("tls/client-kube-apiserver-kubelet.key")).unwrap().permissions().mode();
+        let mode =
+            std::fs::metadata(d.path().join("tls/client-kube-apiserver-kubelet.key")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let t = parse_token(&a.token).unwrap();
         let hash = ring::digest::digest(&ring::digest::SHA256, a.ca_pem.as_bytes());

@@ -186,9 +186,10 @@ pub(super) async fn container_logs(
         Err(e @ OptionsError::Decode) => return text(400, e.to_string()),
         Err(e @ OptionsError::Invalid) => return text(422, e.to_string()),
     };
-    let exists = pods.pods().iter().any(|p| {
-        p.metadata.namespace.as_deref() == Some(namespace) && p.metadata.name.as_deref() == Some(pod)
-    });
+    let exists = pods
+        .pods()
+        .iter()
+        .any(|p| p.metadata.namespace.as_deref() == Some(namespace) && p.metadata.name.as_deref() == Some(pod));
     if !exists {
         return text(404, format!("pod {pod:?} does not exist"));
     }

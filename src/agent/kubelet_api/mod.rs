@@ -100,8 +100,7 @@ pub async fn serve(
     pods: Arc<dyn PodSource>,
     cancel: CancellationToken,
 ) -> Result<(), KubeletApiError> {
-    let tls =
-        crate::pki::kubelet_serving_tls_config(&cfg.serving_cert_pem, &cfg.serving_key_pem, &cfg.client_ca_pem)?;
+    let tls = crate::pki::kubelet_serving_tls_config(&cfg.serving_cert_pem, &cfg.serving_key_pem, &cfg.client_ca_pem)?;
     let listener =
         TcpListener::bind(cfg.listen).await.map_err(|source| KubeletApiError::Listen { addr: cfg.listen, source })?;
     tracing::info!(addr = %cfg.listen, "kubelet API listening");
@@ -220,11 +219,7 @@ impl State {
                 ),
             );
         }
-        let segs: Vec<String> = path
-            .trim_start_matches('/')
-            .split('/')
-            .map(|s| percent_decode(s))
-            .collect();
+        let segs: Vec<String> = path.trim_start_matches('/').split('/').map(percent_decode).collect();
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
         let method = req.method().clone();
         let is_get = method == Method::GET || method == Method::HEAD;
@@ -265,9 +260,10 @@ impl State {
     }
 
     fn pod_exists(&self, namespace: &str, pod: &str) -> bool {
-        self.pods.pods().iter().any(|p| {
-            p.metadata.namespace.as_deref() == Some(namespace) && p.metadata.name.as_deref() == Some(pod)
-        })
+        self.pods
+            .pods()
+            .iter()
+            .any(|p| p.metadata.namespace.as_deref() == Some(namespace) && p.metadata.name.as_deref() == Some(pod))
     }
 }
 

@@ -125,12 +125,12 @@ async fn proxy_upgrade(req: &mut Request<Incoming>, url: &str, cancel: &Cancella
         return text(500, format!("the runtime returned a streaming URL without a host: {url:?}"));
     };
     let port = authority.port_u16().unwrap_or(80);
-    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((authority.host(), port))).await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return text(500, format!("error dialing backend: {e}")),
-        Err(_) => return text(500, "error dialing backend: timed out"),
-    };
+    let tcp =
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((authority.host(), port))).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return text(500, format!("error dialing backend: {e}")),
+            Err(_) => return text(500, "error dialing backend: timed out"),
+        };
     let _ = tcp.set_nodelay(true);
     let (mut sender, conn) = match hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp)).await {
         Ok(x) => x,

@@ -8,10 +8,12 @@
 //! certificate is not verified yet, as upstream without `--kubelet-certificate-authority`.
 //!
 //! Streams: SPDY upgrades pass through byte for byte. WebSocket clients (kubectl 1.30+ tries
-//! them first) are translated: exec and attach over `v5.channel.k8s.io` become an SPDY
+//! them first) are to be translated: exec and attach over `v5.channel.k8s.io` into an SPDY
 //! session with the kubelet (`translate.rs`, `spdy.rs`), and port-forward's SPDY tunnelled in
-//! WebSocket (`SPDY/3.1+portforward.k8s.io`) is unwrapped into a plain SPDY upgrade
-//! (`websocket.rs` framing). Other WebSocket protocols pass through to the kubelet.
+//! WebSocket (`SPDY/3.1+portforward.k8s.io`) unwrapped into a plain SPDY upgrade
+//! (`websocket.rs` framing). Until that passes end to end ([`TRANSLATE_WEBSOCKET`]) those
+//! upgrades are refused and kubectl falls back to SPDY. Other WebSocket protocols pass
+//! through to the kubelet.
 //!
 //! It must not: keep state per node, read streams other than to translate them, or forward
 //! the client's own credentials to the kubelet.
@@ -41,6 +43,16 @@ use super::handlers::Call;
 use super::response::{self, Body};
 
 const DEFAULT_KUBELET_PORT: u16 = 10250;
+/// Whether WebSocket exec, attach and port-forward are translated (`translate.rs`,
+/// `websocket.rs`). Off: the translation does not yet pass the end-to-end test with
+/// kubectl 1.32 (the v5 session ends without output), so such upgrades are refused and
+/// kubectl falls back to SPDY, which is spliced through and proven.
+const TRANSLATE_WEBSOCKET: bool = false;
+
+/// A refused WebSocket upgrade: any answer but 101 makes kubectl fall back to SPDY.
+fn websocket_refused() -> ApiError {
+    ApiError::bad_request("unable to upgrade: WebSocket streaming is not supported by this server; use SPDY")
+}
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upstream reads at most this much of a kubelet's error answer.
 const MAX_ERROR_BODY: usize = 50 * 1024;
@@ -71,10 +83,7 @@ impl KubeletClient {
     }
 
     /// An HTTP/1.1 connection to a kubelet, with upgrades enabled.
-    async fn http1(
-        &self,
-        target: &Target,
-    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ApiError> {
+    async fn http1(&self, target: &Target) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ApiError> {
         let tls = self.connect(target).await?;
         let (sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tls))
             .await
@@ -97,7 +106,11 @@ pub struct Target {
 
 impl Target {
     fn authority(&self) -> String {
-        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -109,7 +122,10 @@ pub fn kubelet_target(node: &Value) -> Result<Target, ApiError> {
         .map(|a| {
             a.iter()
                 .map(|x| {
-                    (x.get("type").and_then(Value::as_str).unwrap_or(""), x.get("address").and_then(Value::as_str).unwrap_or(""))
+                    (
+                        x.get("type").and_then(Value::as_str).unwrap_or(""),
+                        x.get("address").and_then(Value::as_str).unwrap_or(""),
+                    )
                 })
                 .collect()
         })
@@ -145,8 +161,10 @@ pub fn pick_container(pod: &Value, name: &str, requested: &str) -> Result<String
             1 => Ok(containers[0].clone()),
             0 => Err(ApiError::bad_request(format!("a container name must be specified for pod {name}"))),
             _ => {
-                let mut msg =
-                    format!("a container name must be specified for pod {name}, choose one of: [{}]", containers.join(" "));
+                let mut msg = format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    containers.join(" ")
+                );
                 let init = names(pod, "initContainers");
                 if !init.is_empty() {
                     msg.push_str(&format!(" or one of the init containers: [{}]", init.join(" ")));
@@ -223,7 +241,9 @@ fn websocket_protocols(headers: &HeaderMap) -> Vec<String> {
 
 impl super::ApiServer {
     fn kubelets(&self) -> Result<&KubeletClient, ApiError> {
-        self.kubelet_client.as_deref().ok_or_else(|| ApiError::internal("the API server has no kubelet client identity"))
+        self.kubelet_client
+            .as_deref()
+            .ok_or_else(|| ApiError::internal("the API server has no kubelet client identity"))
     }
 
     async fn node_target(&self, node: &str) -> Result<Target, ApiError> {
@@ -296,7 +316,8 @@ pub async fn pod_subresource(
                 stderr: query_bool(&pairs, "stderr")?,
                 tty: query_bool(&pairs, "tty")?,
             };
-            for (set, key) in [(opts.stdin, "input"), (opts.stdout, "output"), (opts.stderr, "error"), (opts.tty, "tty")]
+            for (set, key) in
+                [(opts.stdin, "input"), (opts.stdout, "output"), (opts.stderr, "error"), (opts.tty, "tty")]
             {
                 if set {
                     q.push((key, "1".into()));
@@ -313,6 +334,9 @@ pub async fn pod_subresource(
             if is_websocket(&parts.headers)
                 && websocket_protocols(&parts.headers).iter().any(|p| p == translate::V5_PROTOCOL)
             {
+                if !TRANSLATE_WEBSOCKET {
+                    return Err(websocket_refused());
+                }
                 return translate::exec(kubelets, &target, &path, parts, opts, server.shutdown.clone()).await;
             }
             upgrade(kubelets, &target, &path, parts, server).await
@@ -331,6 +355,9 @@ pub async fn pod_subresource(
             let kubelets = server.kubelets()?;
             let tunnelled = websocket::spdy_tunnel_protocols(&websocket_protocols(&parts.headers));
             if is_websocket(&parts.headers) && !tunnelled.is_empty() {
+                if !TRANSLATE_WEBSOCKET {
+                    return Err(websocket_refused());
+                }
                 return websocket::tunnel(kubelets, &target, &path, parts, &tunnelled, server.shutdown.clone()).await;
             }
             upgrade(kubelets, &target, &path, parts, server).await
@@ -364,7 +391,10 @@ pub async fn node_proxy(call: &Call<'_>, parts: &mut http::request::Parts) -> Re
         .header(header::HOST, target.authority())
         .body(Full::new(call.body.clone()))
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let resp = sender.send_request(req).await.map_err(|e| ApiError::internal(format!("error trying to reach service: {e}")))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| ApiError::internal(format!("error trying to reach service: {e}")))?;
     let (rparts, body) = resp.into_parts();
     let mut out = Response::new(stream_body(body));
     *out.status_mut() = rparts.status;
@@ -390,9 +420,8 @@ fn forwardable(name: &header::HeaderName) -> bool {
 /// A kubelet's body as ours: a transport error ends the stream.
 fn stream_body(body: hyper::body::Incoming) -> Body {
     use futures::StreamExt;
-    let frames = http_body_util::BodyStream::new(body)
-        .filter_map(|r| std::future::ready(r.ok()))
-        .map(Ok::<_, Infallible>);
+    let frames =
+        http_body_util::BodyStream::new(body).filter_map(|r| std::future::ready(r.ok())).map(Ok::<_, Infallible>);
     BodyExt::boxed(StreamBody::new(frames))
 }
 
@@ -431,9 +460,15 @@ pub fn kubelet_error(status: StatusCode, body: &str, pod: &str) -> ApiError {
                 404 => ("NotFound", "the server could not find the requested resource".to_string()),
                 409 => ("Conflict", "the server reported a conflict".to_string()),
                 422 => ("Invalid", "the server rejected our request due to an error in our request".to_string()),
-                429 => ("TooManyRequests", "the server has received too many requests and has asked us to try again later".to_string()),
+                429 => (
+                    "TooManyRequests",
+                    "the server has received too many requests and has asked us to try again later".to_string(),
+                ),
                 503 => ("ServiceUnavailable", "the server is currently unable to handle the request".to_string()),
-                _ => ("", format!("the server responded with the status code {code} but did not return more information")),
+                _ => (
+                    "",
+                    format!("the server responded with the status code {code} but did not return more information"),
+                ),
             };
             let reason = if reason.is_empty() { "Unknown" } else { reason };
             ApiError::new(code, reason, format!("{msg} ( pods/log {pod})"))
@@ -503,7 +538,10 @@ async fn send_upgrade(
         .header(header::HOST, target.authority())
         .body(Full::new(Bytes::new()))
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut resp = sender.send_request(req).await.map_err(|e| ApiError::internal(format!("error proxying to the kubelet: {e}")))?;
+    let mut resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| ApiError::internal(format!("error proxying to the kubelet: {e}")))?;
     let upgrade = hyper::upgrade::on(&mut resp);
     Ok((resp, upgrade))
 }
@@ -561,7 +599,8 @@ mod tests {
 
     #[test]
     fn kubelet_errors_become_statuses() {
-        let e = kubelet_error(StatusCode::BAD_REQUEST, "previous terminated container \"c\" in pod \"p\" not found", "p");
+        let e =
+            kubelet_error(StatusCode::BAD_REQUEST, "previous terminated container \"c\" in pod \"p\" not found", "p");
         assert_eq!((e.code, e.reason), (400, "BadRequest"));
         let e = kubelet_error(StatusCode::NOT_FOUND, "pod \"p\" does not exist", "p");
         assert_eq!(e.message, "the server could not find the requested resource ( pods/log p)");

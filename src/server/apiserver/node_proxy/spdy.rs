@@ -163,7 +163,10 @@ mod tests {
         let mut wire = data(5, true, b"hi");
         wire.extend(ping(&[0, 0, 0, 2]));
         let mut r = &wire[..];
-        assert_eq!(read_frame(&mut r).await.unwrap(), Some(Frame::Data { stream: 5, fin: true, bytes: b"hi".to_vec() }));
+        assert_eq!(
+            read_frame(&mut r).await.unwrap(),
+            Some(Frame::Data { stream: 5, fin: true, bytes: b"hi".to_vec() })
+        );
         assert_eq!(
             read_frame(&mut r).await.unwrap(),
             Some(Frame::Control { kind: PING, flags: 0, payload: vec![0, 0, 0, 2] })

@@ -185,7 +185,8 @@ where
     };
 
     // Kubelet → client, until stdout, stderr and the error stream have ended.
-    let mut open: Vec<u32> = ids.iter().filter(|(c, _, _)| matches!(*c, STDOUT | STDERR | ERROR)).map(|x| x.2).collect();
+    let mut open: Vec<u32> =
+        ids.iter().filter(|(c, _, _)| matches!(*c, STDOUT | STDERR | ERROR)).map(|x| x.2).collect();
     let mut status = Vec::new();
     let error_id = id_of(ERROR);
     while !open.is_empty() {

@@ -160,7 +160,10 @@ async fn read_message<R: AsyncRead + Unpin>(
             OP_CONTINUATION => match data.as_mut() {
                 Some((_, buf)) => {
                     if buf.len() + payload.len() > MAX_MESSAGE {
-                        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "WebSocket message too large"));
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "WebSocket message too large",
+                        ));
                     }
                     buf.extend_from_slice(&payload);
                 }
