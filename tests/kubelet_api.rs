@@ -547,7 +547,7 @@ async fn kubectl_reaches_containers_through_the_kubelet_api() {
             conn.write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n").expect("request");
             let mut answer = String::new();
             conn.read_to_string(&mut answer).expect("answer");
-            assert!(answer.starts_with("HTTP/1.0 200 OK"), "{transport} round {round}: {answer}");
+            assert!(answer.starts_with("HTTP/1.1 200 OK"), "{transport} round {round}: {answer}");
             assert!(answer.ends_with("hello-from-pod\n"), "{transport} round {round}: {answer}");
         }
         drop(pf);
