@@ -15,6 +15,7 @@ pub mod cli;
 pub mod cni;
 pub mod config;
 pub mod host;
+pub mod kubelet_api;
 pub mod node;
 pub mod pods;
 pub mod static_pods;

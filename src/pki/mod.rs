@@ -21,7 +21,9 @@ use rcgen::{
 
 pub use kubeconfig::write_kubeconfig;
 pub use sa_key::ServiceAccountKey;
-pub use tls::{ClientIdentity, identity_from_cert, server_tls_config};
+pub use tls::{
+    ClientIdentity, identity_from_cert, kubelet_client_tls_config, kubelet_serving_tls_config, server_tls_config,
+};
 pub use token::{JoinToken, format_token, parse_token};
 
 /// Errors of the PKI room.
@@ -63,9 +65,16 @@ pub struct ServerPki {
     pub serving_key_pem: String,
     pub admin_cert_pem: String,
     pub admin_key_pem: String,
+    /// The API server's identity towards kubelets (`CN=kube-apiserver-kubelet-client`,
+    /// `O=system:masters`): logs, exec, attach, port-forward and node proxying.
+    pub kubelet_client_cert_pem: String,
+    pub kubelet_client_key_pem: String,
     pub token: String,
     pub sa: ServiceAccountKey,
 }
+
+/// The common name of the API server's kubelet client certificate, which kubelets authorize.
+pub const KUBELET_CLIENT_CN: &str = "kube-apiserver-kubelet-client";
 
 const CA_VALIDITY_DAYS: i64 = 3650;
 const LEAF_VALIDITY_DAYS: i64 = 365;
@@ -235,6 +244,18 @@ pub fn load_or_create(cfg: &PkiConfig) -> Result<ServerPki, PkiError> {
         }
     };
 
+    let (kc_crt, kc_key) =
+        (dir.join("client-kube-apiserver-kubelet.crt"), dir.join("client-kube-apiserver-kubelet.key"));
+    let (kubelet_client_cert_pem, kubelet_client_key_pem) = match (read_opt(&kc_crt)?, read_opt(&kc_key)?) {
+        (Some(c), Some(k)) if days_left(&c).is_some_and(|d| d > RENEW_BEFORE_DAYS) => (c, k),
+        _ => {
+            let (c, k) = issue(&issuer, KUBELET_CLIENT_CN, &["system:masters".to_string()], LEAF_VALIDITY_DAYS)?;
+            write_file(&kc_key, k.as_bytes(), 0o600)?;
+            write_file(&kc_crt, c.as_bytes(), 0o644)?;
+            (c, k)
+        }
+    };
+
     let sa = ServiceAccountKey::load_or_create(&dir.join("service.key"), &dir.join("service.pub"))?;
     let token = token::load_or_create(&cfg.server_dir.join("token"), &ca_pem, cfg.token.as_deref())?;
 
@@ -245,6 +266,8 @@ pub fn load_or_create(cfg: &PkiConfig) -> Result<ServerPki, PkiError> {
         serving_key_pem,
         admin_cert_pem,
         admin_key_pem,
+        kubelet_client_cert_pem,
+        kubelet_client_key_pem,
         token,
         sa,
     })
@@ -312,6 +335,12 @@ mod tests {
         let id = identity_from_cert(&pem_der(&a.admin_cert_pem)).unwrap();
         assert_eq!((id.user.as_str(), id.groups.clone()), ("system:admin", vec!["system:masters".to_string()]));
         assert!(a.token.starts_with("K10"));
+        assert_eq!(a.kubelet_client_cert_pem, b.kubelet_client_cert_pem, "kept across starts");
+        let id = identity_from_cert(&pem_der(&a.kubelet_client_cert_pem)).unwrap();
+        assert_eq!((id.user.as_str(), id.groups), (KUBELET_CLIENT_CN, vec!["system:masters".to_string()]));
+        let mode =
+            std::fs::metadata(d.path().join("tls/client-kube-apiserver-kubelet.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
         let t = parse_token(&a.token).unwrap();
         let hash = ring::digest::digest(&ring::digest::SHA256, a.ca_pem.as_bytes());
         assert_eq!(t.ca_hash.unwrap(), hex(hash.as_ref()));

@@ -116,6 +116,10 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         shutdown: shutdown.clone(),
         ready: Default::default(),
         advertise: SocketAddr::new(cfg.advertise_address, port).to_string(),
+        kubelet_client: Some(Arc::new(
+            apiserver::node_proxy::KubeletClient::new(&pki.kubelet_client_cert_pem, &pki.kubelet_client_key_pem)
+                .context("cannot build the kubelet client")?,
+        )),
     });
     api.openapi.spawn_build();
     apiserver::bootstrap::run(&api.objects, cfg.first_service_ip(), cfg.advertise_address, port)

@@ -15,6 +15,7 @@ pub mod ipalloc;
 pub mod listing;
 pub mod managed_fields;
 pub mod negotiate;
+pub mod node_proxy;
 pub mod objects;
 pub mod openapi;
 pub mod openapi_routes;
@@ -64,6 +65,8 @@ pub struct ApiServer {
     pub sa_signer: Arc<crate::pki::ServiceAccountKey>,
     /// Issuer of service-account tokens, `https://kubernetes.default.svc.<cluster domain>`.
     pub sa_issuer: String,
+    /// The identity logs, exec, attach, port-forward and node proxying present to kubelets.
+    pub kubelet_client: Option<Arc<node_proxy::KubeletClient>>,
 }
 
 /// Paths anyone may read without credentials.
@@ -208,7 +211,7 @@ impl ApiServer {
 
     async fn resource<B>(
         self: &Arc<Self>,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: B,
         info: &RequestInfo,
         query: &Query,
@@ -280,6 +283,10 @@ impl ApiServer {
             ("eviction", _) if parts.method == Method::POST => return subresources::evict(&call).await,
             ("finalize", _) if parts.method == Method::PUT => return subresources::finalize(&call).await,
             ("token", _) if parts.method == Method::POST => return subresources::token_request(&call).await,
+            ("log" | "exec" | "attach" | "portforward", _) if resource.plural == "pods" => {
+                return node_proxy::pod_subresource(&call, &mut parts, &info.subresource).await;
+            }
+            ("proxy", _) if resource.plural == "nodes" => return node_proxy::node_proxy(&call, &mut parts).await,
             (sub, _) => {
                 return Err(ApiError::new(
                     503,
