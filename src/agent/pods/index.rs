@@ -45,8 +45,9 @@ impl Index {
         self.write().insert((namespace.to_string(), name.to_string()), entry);
     }
 
-    pub fn remove(&self, namespace: &str, name: &str) {
-        self.write().remove(&(namespace.to_string(), name.to_string()));
+    /// Forgets the pod with this uid.
+    pub fn remove_uid(&self, uid: &str) {
+        self.write().retain(|_, e| e.pod.metadata.uid.as_deref() != Some(uid));
     }
 
     /// Every pod, as last seen.

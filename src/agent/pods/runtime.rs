@@ -37,16 +37,13 @@ impl Observed {
     }
 }
 
-fn uid_filter(uid: &str) -> HashMap<String, String> {
-    [(LABEL_POD_UID.to_string(), uid.to_string())].into_iter().collect()
-}
-
-/// Reads the pod's sandboxes and containers.
-pub async fn observe(cri: &CriClient, uid: &str) -> Result<Observed, String> {
+/// The sandboxes and containers carrying `label=value`, newest first.
+async fn list_labelled(cri: &CriClient, label: &str, value: &str) -> Result<Observed, String> {
+    let selector: HashMap<String, String> = [(label.to_string(), value.to_string())].into_iter().collect();
     let mut rt = cri.runtime();
     let sandboxes = rt
         .list_pod_sandbox(proto::ListPodSandboxRequest {
-            filter: Some(proto::PodSandboxFilter { label_selector: uid_filter(uid), ..Default::default() }),
+            filter: Some(proto::PodSandboxFilter { label_selector: selector.clone(), ..Default::default() }),
         })
         .await
         .map_err(|e| e.message().to_string())?
@@ -54,7 +51,7 @@ pub async fn observe(cri: &CriClient, uid: &str) -> Result<Observed, String> {
         .items;
     let containers = rt
         .list_containers(proto::ListContainersRequest {
-            filter: Some(proto::ContainerFilter { label_selector: uid_filter(uid), ..Default::default() }),
+            filter: Some(proto::ContainerFilter { label_selector: selector, ..Default::default() }),
         })
         .await
         .map_err(|e| e.message().to_string())?
@@ -66,27 +63,14 @@ pub async fn observe(cri: &CriClient, uid: &str) -> Result<Observed, String> {
     Ok(o)
 }
 
+/// Reads the pod's sandboxes and containers.
+pub async fn observe(cri: &CriClient, uid: &str) -> Result<Observed, String> {
+    list_labelled(cri, LABEL_POD_UID, uid).await
+}
+
 /// Every sandbox and container the agent made, on this runtime.
 pub async fn everything(cri: &CriClient) -> Result<Observed, String> {
-    let managed: HashMap<String, String> = [(LABEL_MANAGED.to_string(), "true".to_string())].into_iter().collect();
-    let mut rt = cri.runtime();
-    let sandboxes = rt
-        .list_pod_sandbox(proto::ListPodSandboxRequest {
-            filter: Some(proto::PodSandboxFilter { label_selector: managed.clone(), ..Default::default() }),
-        })
-        .await
-        .map_err(|e| e.message().to_string())?
-        .into_inner()
-        .items;
-    let containers = rt
-        .list_containers(proto::ListContainersRequest {
-            filter: Some(proto::ContainerFilter { label_selector: managed, ..Default::default() }),
-        })
-        .await
-        .map_err(|e| e.message().to_string())?
-        .into_inner()
-        .containers;
-    Ok(Observed { sandboxes, containers })
+    list_labelled(cri, LABEL_MANAGED, "true").await
 }
 
 /// A container's full status.

@@ -975,12 +975,7 @@ impl Worker {
 
     /// Removes every sandbox and container of the pod and its files.
     async fn teardown(&mut self, known: Option<&Observed>) {
-        if let Some(entry) =
-            self.ctx.index.pods().into_iter().find(|p| p.metadata.uid.as_deref() == Some(self.uid.as_str()))
-        {
-            let (ns, name, _) = spec::ids(&entry);
-            self.ctx.index.remove(ns, name);
-        }
+        self.ctx.index.remove_uid(&self.uid);
         let obs = match known {
             Some(o) => o.clone(),
             None => runtime::observe(&self.ctx.cri, &self.uid).await.unwrap_or_default(),
