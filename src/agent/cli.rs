@@ -27,13 +27,30 @@ pub fn run_blocking(flags: AgentFlags) -> i32 {
         }
     };
     rt.block_on(async move {
-        let (client, _ca) = match flags.client().await {
+        let (client, ca) = match flags.client().await {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("skiff: {e}");
                 return 1;
             }
         };
+        let Some(client_ca_pem) = ca else {
+            eprintln!("skiff: the kubeconfig names no certificate authority, which the kubelet API needs to check the API server");
+            return 1;
+        };
+        let (dir, names) = (cfg.agent_dir(), cfg.serving_names());
+        let serving = match tokio::task::spawn_blocking(move || crate::pki::kubelet_serving(&dir, &names, None)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                eprintln!("skiff: cannot set up the kubelet's serving certificate: {e}");
+                return 1;
+            }
+            Err(e) => {
+                eprintln!("skiff: {e}");
+                return 1;
+            }
+        };
+        let tls = super::KubeletTls { serving, client_ca_pem };
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         tokio::spawn(async move {
@@ -41,7 +58,7 @@ pub fn run_blocking(flags: AgentFlags) -> i32 {
             tracing::info!("shutting down");
             stop.cancel();
         });
-        match super::run(cfg, client, cancel).await {
+        match super::run(cfg, client, tls, cancel).await {
             Ok(()) => 0,
             Err(e) => {
                 tracing::error!("{e}");

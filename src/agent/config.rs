@@ -161,6 +161,14 @@ impl AgentConfig {
         self.data_dir.join("agent")
     }
 
+    /// The names the kubelet's serving certificate is valid for: the node's name and
+    /// addresses, and loopback.
+    pub fn serving_names(&self) -> Vec<String> {
+        let mut names = vec![self.node_name.clone(), "localhost".to_string(), "127.0.0.1".to_string()];
+        names.extend(self.node_ips.iter().chain(&self.external_ips).map(|ip| ip.to_string()));
+        names
+    }
+
     /// Where the kubelet API listens.
     pub fn kubelet_listen(&self) -> SocketAddr {
         SocketAddr::new(IpAddr::from([0, 0, 0, 0]), self.kubelet.port)

@@ -58,8 +58,21 @@ pub fn cni_conf_dir(cfg: &AgentConfig) -> PathBuf {
     cfg.agent_dir().join("etc").join("cni").join("net.d")
 }
 
+/// The kubelet API's TLS identity: its serving certificate, and the CA the API server's
+/// kubelet client certificate chains to.
+#[derive(Debug, Clone)]
+pub struct KubeletTls {
+    pub serving: crate::pki::KubeletServing,
+    pub client_ca_pem: String,
+}
+
 /// Runs the agent until `cancel` fires.
-pub async fn run(cfg: AgentConfig, client: Client, cancel: CancellationToken) -> Result<(), AgentError> {
+pub async fn run(
+    cfg: AgentConfig,
+    client: Client,
+    tls: KubeletTls,
+    cancel: CancellationToken,
+) -> Result<(), AgentError> {
     let cfg = Arc::new(cfg);
     let agent_dir = cfg.agent_dir();
     for dir in [
@@ -132,6 +145,18 @@ pub async fn run(cfg: AgentConfig, client: Client, cancel: CancellationToken) ->
         logs_dir: agent_dir.join("logs"),
         index: Default::default(),
     });
+    let api_cfg = kubelet_api::Config {
+        listen: cfg.kubelet_listen(),
+        serving_cert_pem: tls.serving.cert_pem,
+        serving_key_pem: tls.serving.key_pem,
+        client_ca_pem: tls.client_ca_pem,
+    };
+    let kubelet_api = kubelet_api::serve(api_cfg, cri.clone(), ctx.index.clone(), cancel.clone());
+    let kubelet_api = async {
+        if let Err(e) = kubelet_api.await {
+            tracing::error!(error = %e, "the kubelet API stopped: no logs, exec, attach or port-forward on this node");
+        }
+    };
     let heartbeat = node::heartbeat(client.clone(), cri.clone(), facts, cancel.clone());
     let workers = async {
         let _ = tokio::time::timeout(POD_CIDR_WAIT, configure_network(&client, &cfg, &cancel)).await;
@@ -139,7 +164,7 @@ pub async fn run(cfg: AgentConfig, client: Client, cancel: CancellationToken) ->
     };
     let mirrors =
         static_pods::run(client.clone(), agent_dir.join("pod-manifests"), cfg.node_name.clone(), cancel.clone());
-    tokio::join!(heartbeat, workers, mirrors);
+    tokio::join!(heartbeat, workers, mirrors, kubelet_api);
     if let Some(c) = containerd {
         c.stop().await;
     }

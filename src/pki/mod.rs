@@ -284,6 +284,59 @@ fn issue(issuer: &Issuer<'_, KeyPair>, cn: &str, orgs: &[String], days: i64) -> 
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// A kubelet's serving certificate and key, as PEM.
+#[derive(Debug, Clone)]
+pub struct KubeletServing {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Loads or creates a kubelet's serving certificate in `dir` (`serving-kubelet.crt` and
+/// `.key`) for `sans` (the node's name and addresses): signed by the cluster CA when the
+/// server's PKI is at hand, else self-signed, as upstream's kubelet does without a
+/// certificate of its own. Re-issued when the names or the signer change, or expiry nears.
+pub fn kubelet_serving(dir: &Path, sans: &[String], signer: Option<&ServerPki>) -> Result<KubeletServing, PkiError> {
+    let (crt, key, names) =
+        (dir.join("serving-kubelet.crt"), dir.join("serving-kubelet.key"), dir.join("serving-kubelet.sans"));
+    let mut sans = sans.to_vec();
+    sans.sort();
+    sans.dedup();
+    let by = match signer {
+        Some(p) => format!("ca {}", token::ca_hash(&p.ca_pem)),
+        None => "self".to_string(),
+    };
+    let wanted = format!("{by}\n{}", sans.join("\n"));
+    if let (Some(c), Some(k), Some(s)) = (read_opt(&crt)?, read_opt(&key)?, read_opt(&names)?)
+        && s == wanted
+        && days_left(&c).is_some_and(|d| d > RENEW_BEFORE_DAYS)
+    {
+        return Ok(KubeletServing { cert_pem: c, key_pem: k });
+    }
+    let leaf = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let host = sans.iter().find(|s| s.parse::<IpAddr>().is_err()).cloned().unwrap_or_else(|| "kubelet".into());
+    params.subject_alt_names = san_types(&sans)?;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    validity(&mut params, LEAF_VALIDITY_DAYS);
+    let cert_pem = match signer {
+        Some(p) => {
+            params.distinguished_name = dn(&host, &[]);
+            let issuer = Issuer::from_ca_cert_pem(&p.ca_pem, KeyPair::from_pem(&p.ca_key_pem)?)?;
+            format!("{}{}", params.signed_by(&leaf, &issuer)?.pem(), p.ca_pem)
+        }
+        None => {
+            params.distinguished_name = dn(&format!("{host}@{}", time_now().unix_timestamp()), &[]);
+            params.self_signed(&leaf)?.pem()
+        }
+    };
+    let key_pem = leaf.serialize_pem();
+    write_file(&key, key_pem.as_bytes(), 0o600)?;
+    write_file(&crt, cert_pem.as_bytes(), 0o644)?;
+    write_file(&names, wanted.as_bytes(), 0o644)?;
+    Ok(KubeletServing { cert_pem, key_pem })
+}
+
 impl ServerPki {
     /// Issues a client certificate signed by the cluster CA.
     pub fn issue_client_cert(
@@ -313,6 +366,26 @@ mod tests {
             tls_sans: vec![],
             token: None,
         }
+    }
+
+    #[test]
+    fn kubelet_serving_signed_or_self_signed_and_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let pki = load_or_create(&cfg(d.path())).unwrap();
+        let agent = d.path().join("agent");
+        let sans = vec!["box1".to_string(), "192.168.1.10".to_string()];
+        let a = kubelet_serving(&agent, &sans, Some(&pki)).unwrap();
+        assert!(a.cert_pem.ends_with(&pki.ca_pem), "the chain ends with the CA");
+        let again = kubelet_serving(&agent, &sans, Some(&pki)).unwrap();
+        assert_eq!(a.cert_pem, again.cert_pem, "kept across starts");
+        crate::pki::kubelet_serving_tls_config(&a.cert_pem, &a.key_pem, &pki.ca_pem).unwrap();
+        let own = kubelet_serving(&agent, &sans, None).unwrap();
+        assert_ne!(own.cert_pem, a.cert_pem, "a new signer re-issues");
+        let (_, pem) = x509_parser::pem::parse_x509_pem(own.cert_pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        assert_eq!(cert.subject(), cert.issuer(), "self-signed");
+        let renamed = kubelet_serving(&agent, &["box2".to_string()], None).unwrap();
+        assert_ne!(renamed.cert_pem, own.cert_pem, "new names re-issue");
     }
 
     #[test]

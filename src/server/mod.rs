@@ -83,6 +83,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         .await
         .context("PKI task failed")?
         .context("cannot set up certificates")?;
+    let pki = Arc::new(pki);
 
     let db_path = server_dir.join("db").join("state.redb");
     std::fs::create_dir_all(db_path.parent().unwrap_or(&server_dir))?;
@@ -149,7 +150,19 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         elapsed_ms = started.elapsed().as_millis() as u64,
         "skiff API server is ready",
     );
-    let components = start_components(&cfg, &api, &pki.ca_pem, &hostname, &shutdown);
+    let kubelet_tls = match &cfg.agent {
+        Some(agent) => {
+            let (dir, names) = (agent.agent_dir(), agent.serving_names());
+            let signer = pki.clone();
+            let serving = tokio::task::spawn_blocking(move || crate::pki::kubelet_serving(&dir, &names, Some(&signer)))
+                .await
+                .context("PKI task failed")?
+                .context("cannot set up the kubelet's serving certificate")?;
+            Some(crate::agent::KubeletTls { serving, client_ca_pem: pki.ca_pem.clone() })
+        }
+        None => None,
+    };
+    let components = start_components(&cfg, &api, &pki.ca_pem, &hostname, kubelet_tls, &shutdown);
     notify_ready();
 
     shutdown.cancelled().await;
@@ -169,6 +182,7 @@ fn start_components(
     api: &Arc<apiserver::ApiServer>,
     ca_pem: &str,
     hostname: &str,
+    kubelet_tls: Option<crate::agent::KubeletTls>,
     shutdown: &CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     use std::hash::{Hash, Hasher};
@@ -197,13 +211,13 @@ fn start_components(
         elector.run(shutdown.clone(), move |term| controllers::run(ctx.clone(), disabled.clone(), term)),
     ));
 
-    if let Some(agent_cfg) = cfg.agent.clone() {
+    if let (Some(agent_cfg), Some(tls)) = (cfg.agent.clone(), kubelet_tls) {
         if nix::unistd::geteuid().is_root() {
             let user = format!("system:node:{}", agent_cfg.node_name);
             let client = inproc::client_in_groups(api.clone(), &user, &[apiserver::auth::NODES]);
             let cancel = shutdown.clone();
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = crate::agent::run(agent_cfg, client, cancel).await {
+                if let Err(e) = crate::agent::run(agent_cfg, client, tls, cancel).await {
                     tracing::error!(error = %e, "the agent stopped; this server runs no pods");
                 }
             }));

@@ -161,6 +161,40 @@ impl Box {
         self.exec(KUBECTL, &all)
     }
 
+    /// A kubectl command inside the namespace, to be spawned (for streams and stdin).
+    pub fn kubectl_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{}", self.netns))
+            .args([KUBECTL, "--kubeconfig"])
+            .arg(self.kubeconfig())
+            .args(args)
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Runs kubectl with extra environment and standard input; (exit code, stdout, stderr).
+    pub fn kubectl_with(&self, env: &[(&str, &str)], args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+        use std::io::Write;
+        let mut cmd = self.kubectl_command(args);
+        cmd.envs(env.iter().copied());
+        if stdin.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
+        let mut child = cmd.spawn().expect("run kubectl");
+        if let Some(input) = stdin {
+            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        }
+        let out = child.wait_with_output().expect("kubectl output");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// kubectl that must succeed; its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
@@ -331,4 +365,14 @@ impl Drop for Box {
 pub fn tail(log: &str, n: usize) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A child process killed and reaped when dropped, also when the test fails.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

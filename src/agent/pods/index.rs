@@ -3,27 +3,19 @@
 //! files. Reads never touch CRI or the API.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::Pod;
 
-/// One container's newest instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerInfo {
-    pub id: String,
-    pub log_path: PathBuf,
-    /// The instance before it, whose log `--previous` reads.
-    pub previous_log_path: Option<PathBuf>,
-    pub running: bool,
-}
+use crate::agent::kubelet_api::{ContainerRef, PodSource};
 
 /// One pod as the workers last saw it.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub pod: Arc<Pod>,
     pub sandbox: Option<String>,
-    pub containers: HashMap<String, ContainerInfo>,
+    /// Each container's newest instance, by container name.
+    pub containers: HashMap<String, ContainerRef>,
 }
 
 /// The node's pods by namespace and name.
@@ -49,17 +41,18 @@ impl Index {
     pub fn remove_uid(&self, uid: &str) {
         self.write().retain(|_, e| e.pod.metadata.uid.as_deref() != Some(uid));
     }
+}
 
-    /// Every pod, as last seen.
-    pub fn pods(&self) -> Vec<Pod> {
+impl PodSource for Index {
+    fn pods(&self) -> Vec<Pod> {
         self.read().values().map(|e| (*e.pod).clone()).collect()
     }
 
-    pub fn container(&self, namespace: &str, pod: &str, container: &str) -> Option<ContainerInfo> {
+    fn container(&self, namespace: &str, pod: &str, container: &str) -> Option<ContainerRef> {
         self.read().get(&(namespace.to_string(), pod.to_string()))?.containers.get(container).cloned()
     }
 
-    pub fn sandbox(&self, namespace: &str, pod: &str) -> Option<String> {
+    fn sandbox(&self, namespace: &str, pod: &str) -> Option<String> {
         self.read().get(&(namespace.to_string(), pod.to_string()))?.sandbox.clone()
     }
 }

@@ -997,7 +997,7 @@ impl Worker {
                 let newest = list.first()?;
                 Some((
                     cname.clone(),
-                    super::index::ContainerInfo {
+                    crate::agent::kubelet_api::ContainerRef {
                         id: newest.id.clone(),
                         log_path: path(newest),
                         previous_log_path: list.get(1).map(path),
