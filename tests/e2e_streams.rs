@@ -63,6 +63,11 @@ fn logs_exec_attach_and_port_forward_reach_real_containers() {
     drop(follow);
 
     for (transport, env) in TRANSPORTS {
+        // The transport really is the one named: kubectl says which subprotocol it got.
+        let (_, _, verbose) = b.kubectl_with(env, &["exec", "-v=7", "s", "-c", "web", "--", "true"], None);
+        let websocket = verbose.contains("The subprotocol is v5.channel.k8s.io");
+        assert_eq!(websocket, *transport == "websocket", "{transport}: {verbose}");
+
         // Exec: output, exit code, stdin and stderr.
         let (code, out, err) =
             b.kubectl_with(env, &["exec", "s", "-c", "web", "--", "sh", "-c", "echo $((6*7)); exit 3"], None);
@@ -108,7 +113,7 @@ fn logs_exec_attach_and_port_forward_reach_real_containers() {
         // Port-forward: a local port inside the namespace reaches the pod's httpd, twice.
         let local = 18080;
         let mut pf = KillOnDrop(
-            b.kubectl_command(&["port-forward", "pod/s", &format!("{local}:8080"), "--address", "127.0.0.1"])
+            b.kubectl_command(&["port-forward", "-v=7", "pod/s", &format!("{local}:8080"), "--address", "127.0.0.1"])
                 .envs(env.iter().copied())
                 .spawn()
                 .expect("kubectl port-forward"),
@@ -129,6 +134,11 @@ fn logs_exec_attach_and_port_forward_reach_real_containers() {
             assert!(answer.starts_with("HTTP/1.1 200 OK"), "{transport} round {round}: {answer:?}");
             assert!(answer.ends_with("hello-from-pod\n"), "{transport} round {round}: {answer:?}");
         }
+        let _ = pf.0.kill();
+        let mut verbose = String::new();
+        let _ = pf.0.stderr.as_mut().expect("stderr").read_to_string(&mut verbose);
+        let tunnelled = verbose.contains("negotiated protocol: portforward.k8s.io");
+        assert_eq!(tunnelled, *transport == "websocket", "{transport}: {verbose}");
         drop(pf);
     }
 

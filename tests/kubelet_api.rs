@@ -227,8 +227,8 @@ fn kubectl_env(server: &Server, env: &[(&str, &str)], args: &[&str], stdin: Opti
     )
 }
 
-/// Environments of kubectl 1.32: its default (WebSocket first, SPDY when the upgrade is
-/// refused, as the API server does for now) and SPDY only.
+/// Environments of kubectl 1.32: its default (WebSocket, which the API server translates into
+/// SPDY towards the kubelet) and SPDY only.
 const TRANSPORTS: &[(&str, &[(&str, &str)])] = &[
     ("default", &[]),
     ("spdy", &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false"), ("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")]),

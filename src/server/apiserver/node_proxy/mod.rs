@@ -8,12 +8,11 @@
 //! certificate is not verified yet, as upstream without `--kubelet-certificate-authority`.
 //!
 //! Streams: SPDY upgrades pass through byte for byte. WebSocket clients (kubectl 1.30+ tries
-//! them first) are to be translated: exec and attach over `v5.channel.k8s.io` into an SPDY
-//! session with the kubelet (`translate.rs`, `spdy.rs`), and port-forward's SPDY tunnelled in
-//! WebSocket (`SPDY/3.1+portforward.k8s.io`) unwrapped into a plain SPDY upgrade
-//! (`websocket.rs` framing). Until that passes end to end ([`TRANSLATE_WEBSOCKET`]) those
-//! upgrades are refused and kubectl falls back to SPDY. Other WebSocket protocols pass
-//! through to the kubelet.
+//! them first) are translated, as upstream's API server does: exec and attach over
+//! `v5.channel.k8s.io` into an SPDY session with the kubelet (`translate.rs`, `spdy.rs`), and
+//! port-forward's SPDY tunnelled in WebSocket (`SPDY/3.1+portforward.k8s.io`) unwrapped into
+//! a plain SPDY upgrade (`websocket.rs` framing). Other WebSocket protocols pass through to
+//! the kubelet.
 //!
 //! It must not: keep state per node, read streams other than to translate them, or forward
 //! the client's own credentials to the kubelet.
@@ -43,16 +42,6 @@ use super::handlers::Call;
 use super::response::{self, Body};
 
 const DEFAULT_KUBELET_PORT: u16 = 10250;
-/// Whether WebSocket exec, attach and port-forward are translated (`translate.rs`,
-/// `websocket.rs`). Off: the translation does not yet pass the end-to-end test with
-/// kubectl 1.32 (the v5 session ends without output), so such upgrades are refused and
-/// kubectl falls back to SPDY, which is spliced through and proven.
-const TRANSLATE_WEBSOCKET: bool = false;
-
-/// A refused WebSocket upgrade: any answer but 101 makes kubectl fall back to SPDY.
-fn websocket_refused() -> ApiError {
-    ApiError::bad_request("unable to upgrade: WebSocket streaming is not supported by this server; use SPDY")
-}
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upstream reads at most this much of a kubelet's error answer.
 const MAX_ERROR_BODY: usize = 50 * 1024;
@@ -334,9 +323,6 @@ pub async fn pod_subresource(
             if is_websocket(&parts.headers)
                 && websocket_protocols(&parts.headers).iter().any(|p| p == translate::V5_PROTOCOL)
             {
-                if !TRANSLATE_WEBSOCKET {
-                    return Err(websocket_refused());
-                }
                 return translate::exec(kubelets, &target, &path, parts, opts, server.shutdown.clone()).await;
             }
             upgrade(kubelets, &target, &path, parts, server).await
@@ -355,9 +341,6 @@ pub async fn pod_subresource(
             let kubelets = server.kubelets()?;
             let tunnelled = websocket::spdy_tunnel_protocols(&websocket_protocols(&parts.headers));
             if is_websocket(&parts.headers) && !tunnelled.is_empty() {
-                if !TRANSLATE_WEBSOCKET {
-                    return Err(websocket_refused());
-                }
                 return websocket::tunnel(kubelets, &target, &path, parts, &tunnelled, server.shutdown.clone()).await;
             }
             upgrade(kubelets, &target, &path, parts, server).await

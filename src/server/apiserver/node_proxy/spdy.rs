@@ -2,7 +2,8 @@
 //! DATA, PING; SYN_REPLY, RST_STREAM, GOAWAY and the rest are read and mostly ignored).
 //!
 //! Header blocks must be zlib streams. They are written as stored (uncompressed) deflate
-//! blocks without the SPDY dictionary flag, which every zlib reader accepts; the kubelet's
+//! blocks, each frame's ended by an empty one as a sync flush does, without the SPDY
+//! dictionary flag, which every zlib reader accepts; the kubelet's
 //! header blocks are never needed, so none is inflated. Flow control (WINDOW_UPDATE) is not
 //! enforced, as the kubelet's SPDY library does not enforce it either.
 
@@ -50,6 +51,10 @@ impl HeaderWriter {
             out.extend_from_slice(&(!len).to_le_bytes());
             out.extend_from_slice(chunk);
         }
+        // An empty stored block, as zlib's sync flush ends a frame: Go's inflater hands out
+        // a stored block's bytes only when it reaches the next block, so without it the
+        // kubelet would wait for more of a header block that is already complete.
+        out.extend_from_slice(&[0x00, 0x00, 0x00, 0xFF, 0xFF]);
         out
     }
 }
