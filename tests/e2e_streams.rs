@@ -142,6 +142,42 @@ fn logs_exec_attach_and_port_forward_reach_real_containers() {
         drop(pf);
     }
 
+    // Resource usage, as metrics-server reads it.
+    let summary = |b: &Box| -> serde_json::Value {
+        serde_json::from_str(&b.ok(&["get", "--raw", "/api/v1/nodes/box/proxy/stats/summary"])).expect("summary json")
+    };
+    summary(&b);
+    let s = summary(&b);
+    let node = &s["node"];
+    assert_eq!(node["nodeName"], "box");
+    for (path, v) in [
+        ("cpu.usageCoreNanoSeconds", &node["cpu"]["usageCoreNanoSeconds"]),
+        ("cpu.usageNanoCores", &node["cpu"]["usageNanoCores"]),
+        ("memory.workingSetBytes", &node["memory"]["workingSetBytes"]),
+        ("memory.availableBytes", &node["memory"]["availableBytes"]),
+        ("fs.capacityBytes", &node["fs"]["capacityBytes"]),
+        ("runtime.imageFs.usedBytes", &node["runtime"]["imageFs"]["usedBytes"]),
+        ("rlimit.curproc", &node["rlimit"]["curproc"]),
+    ] {
+        assert!(v.as_u64().is_some_and(|n| n > 0), "node {path} in {node}");
+    }
+    let pods = s["pods"].as_array().expect("pods");
+    let pod = pods.iter().find(|p| p["podRef"]["name"] == "s").expect("pod s in the summary");
+    assert_eq!(pod["podRef"]["namespace"], "default");
+    let mut names: Vec<&str> =
+        pod["containers"].as_array().expect("containers").iter().filter_map(|c| c["name"].as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["reader", "ticker", "web"], "{pod}");
+    for c in pod["containers"].as_array().expect("containers") {
+        assert!(c["memory"]["workingSetBytes"].as_u64().is_some_and(|n| n > 0), "{c}");
+        assert!(c["cpu"]["usageCoreNanoSeconds"].as_u64().is_some_and(|n| n > 0), "{c}");
+        assert!(c["startTime"].is_string(), "{c}");
+    }
+    let ticker =
+        pod["containers"].as_array().expect("containers").iter().find(|c| c["name"] == "ticker").expect("ticker");
+    assert!(ticker["logs"]["usedBytes"].as_u64().is_some_and(|n| n > 0), "{ticker}");
+    assert!(pod["memory"]["workingSetBytes"].as_u64().is_some_and(|n| n > 0), "{pod}");
+
     // Errors as upstream words them.
     let (code, _, err) = b.kubectl_with(&[], &["exec", "s", "-c", "nope", "--", "true"], None);
     assert_eq!(code, 1);

@@ -413,6 +413,8 @@ async fn kubectl_reaches_containers_through_the_kubelet_api() {
             serving_cert_pem: serving_cert,
             serving_key_pem: serving_key,
             client_ca_pem: cluster_ca.clone(),
+            node_name: NODE.to_string(),
+            nodefs: dir.path().to_path_buf(),
         },
         cri.clone(),
         pods,

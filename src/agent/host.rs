@@ -105,6 +105,51 @@ pub fn usage(fs_path: &Path) -> Usage {
     u
 }
 
+/// CPU time spent busy (all but idle and iowait) over all CPUs since boot, in nanoseconds,
+/// from the first line of `/proc/stat` (in USER_HZ ticks, 100 per second on Linux).
+pub fn cpu_busy_ns(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let busy: u64 = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
+    Some(busy * 10_000_000)
+}
+
+/// Boot time in seconds since the epoch (`btime` of `/proc/stat`).
+pub fn boot_time(stat: &str) -> Option<i64> {
+    stat.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())
+}
+
+/// One network interface's counters, from `/proc/net/dev`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceStats {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub rx_errors: u64,
+    pub tx_bytes: u64,
+    pub tx_errors: u64,
+}
+
+/// The interfaces of `/proc/net/dev` but loopback.
+pub fn interfaces(net_dev: &str) -> Vec<InterfaceStats> {
+    net_dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let name = name.trim().to_string();
+            (name != "lo" && f.len() >= 11).then(|| InterfaceStats {
+                name,
+                rx_bytes: f[0],
+                rx_errors: f[2],
+                tx_bytes: f[8],
+                tx_errors: f[10],
+            })
+        })
+        .collect()
+}
+
 /// The total task count of `/proc/loadavg` (`0.00 0.01 0.05 1/123 4567` → 123).
 pub fn running_tasks(loadavg: &str) -> Option<u64> {
     loadavg.split_whitespace().nth(3)?.split_once('/')?.1.parse().ok()
@@ -121,6 +166,14 @@ mod tests {
         assert_eq!(meminfo_kib(meminfo, "MemAvailable"), Some(8000000));
         assert_eq!(meminfo_kib(meminfo, "Mem"), None);
         assert_eq!(running_tasks("0.00 0.01 0.05 1/123 4567\n"), Some(123));
+        let stat = "cpu  10 1 5 1000 7 2 3 0 0 0\ncpu0 10 1 5 1000 7 2 3 0 0 0\nbtime 1700000000\n";
+        assert_eq!(cpu_busy_ns(stat), Some(21 * 10_000_000));
+        assert_eq!(boot_time(stat), Some(1_700_000_000));
+        let dev = "Inter-|   Receive\n face |bytes packets errs drop fifo frame compressed multicast|bytes packets errs\n    lo: 5 1 0 0 0 0 0 0 5 1 0 0 0 0 0 0\n  eth0: 100 2 1 0 0 0 0 0 200 3 4 0 0 0 0 0\n";
+        assert_eq!(
+            interfaces(dev),
+            vec![InterfaceStats { name: "eth0".into(), rx_bytes: 100, rx_errors: 1, tx_bytes: 200, tx_errors: 4 }]
+        );
         assert_eq!(
             pretty_name("NAME=x\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n").as_deref(),
             Some("Debian GNU/Linux 12 (bookworm)")

@@ -150,6 +150,8 @@ pub async fn run(
         serving_cert_pem: tls.serving.cert_pem,
         serving_key_pem: tls.serving.key_pem,
         client_ca_pem: tls.client_ca_pem,
+        node_name: cfg.node_name.clone(),
+        nodefs: cfg.data_dir.clone(),
     };
     let kubelet_api = kubelet_api::serve(api_cfg, cri.clone(), ctx.index.clone(), cancel.clone());
     let kubelet_api = async {

@@ -4,11 +4,11 @@
 //! Its door to the rest of the agent is [`PodSource`], which the pod workers implement:
 //!
 //! ```text
-//! serve(Config { listen, serving_cert_pem, serving_key_pem, client_ca_pem },
+//! serve(Config { listen, serving_cert_pem, serving_key_pem, client_ca_pem, node_name, nodefs },
 //!       cri: CriClient, pods: Arc<dyn PodSource>, cancel) -> Result<(), KubeletApiError>
 //! ```
 //!
-//! Paths and query parameters are upstream's kubelet's: `/healthz`, `/pods`,
+//! Paths and query parameters are upstream's kubelet's: `/healthz`, `/pods`, `/stats/summary`,
 //! `/containerLogs/{ns}/{pod}/{container}`, `/exec/{ns}/{pod}/{container}`,
 //! `/attach/{ns}/{pod}/{container}`, `/portForward/{ns}/{pod}` (GET and POST). Logs are read
 //! from the CRI log files (`logs.rs`); exec, attach and port-forward ask CRI for a URL on
@@ -23,6 +23,7 @@
 //! interpret the streaming protocols it splices.
 
 mod logs;
+mod stats;
 mod streaming;
 
 use std::convert::Infallible;
@@ -74,6 +75,10 @@ pub struct Config {
     pub serving_key_pem: String,
     /// Client certificates must chain to this CA (the cluster CA).
     pub client_ca_pem: String,
+    /// The node's name, for `/stats/summary`.
+    pub node_name: String,
+    /// The agent's data dir: `/stats/summary` reports its file system as the node's.
+    pub nodefs: std::path::PathBuf,
 }
 
 /// The kubelet API's default port.
@@ -105,7 +110,14 @@ pub async fn serve(
         TcpListener::bind(cfg.listen).await.map_err(|source| KubeletApiError::Listen { addr: cfg.listen, source })?;
     tracing::info!(addr = %cfg.listen, "kubelet API listening");
     let acceptor = TlsAcceptor::from(tls);
-    let state = Arc::new(State { cri, pods, cancel: cancel.clone() });
+    let state = Arc::new(State {
+        cri,
+        pods,
+        cancel: cancel.clone(),
+        node_name: cfg.node_name,
+        nodefs: cfg.nodefs,
+        cpu: Default::default(),
+    });
     loop {
         let (tcp, peer) = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -167,6 +179,9 @@ struct State {
     cri: CriClient,
     pods: Arc<dyn PodSource>,
     cancel: CancellationToken,
+    node_name: String,
+    nodefs: std::path::PathBuf,
+    cpu: stats::CpuSampler,
 }
 
 /// Whether an identity may use the kubelet API: the API server's kubelet client, or a
@@ -180,6 +195,13 @@ pub(crate) fn text(status: u16, body: impl Into<String>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body.into())).boxed());
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// A JSON response.
+fn json_response(v: &serde_json::Value) -> Response<Body> {
+    let mut r = text(200, serde_json::to_string(v).unwrap_or_default());
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     r
 }
 
@@ -227,6 +249,11 @@ impl State {
         match segs.as_slice() {
             ["healthz"] if is_get => text(200, "ok"),
             ["pods"] | ["pods", ""] if is_get => self.pod_list(),
+            ["stats", "summary"] | ["stats", "summary", ""] if is_get => {
+                let summary =
+                    stats::summary(&self.node_name, &self.nodefs, &self.cri, self.pods.as_ref(), &self.cpu).await;
+                json_response(&summary)
+            }
             ["containerLogs", ns, pod, container] if is_get => {
                 logs::container_logs(&self.cri, self.pods.as_ref(), ns, pod, container, req.uri().query(), &self.cancel)
                     .await
@@ -248,15 +275,12 @@ impl State {
     }
 
     fn pod_list(&self) -> Response<Body> {
-        let list = serde_json::json!({
+        json_response(&serde_json::json!({
             "kind": "PodList",
             "apiVersion": "v1",
             "metadata": {},
             "items": self.pods.pods(),
-        });
-        let mut r = text(200, serde_json::to_string(&list).unwrap_or_default());
-        r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-        r
+        }))
     }
 
     fn pod_exists(&self, namespace: &str, pod: &str) -> bool {
