@@ -26,6 +26,8 @@ use skiff::cri::{CriClient, proto};
 const PODS: usize = 50;
 const SINGLE_ROUNDS: usize = 10;
 const FLOOR_ROUNDS: usize = 10;
+/// The node's last status post: its Ready condition's heartbeat time and status.
+const HEARTBEAT: &str = "jsonpath={.status.conditions[?(@.type==\"Ready\")].lastHeartbeatTime} {.status.conditions[?(@.type==\"Ready\")].status}";
 
 fn rss_mib(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -181,7 +183,7 @@ fn main() {
         println!("SKIPPED: the node benchmark runs real pods and {why}");
         return;
     }
-    let b = node::Box::start_with("bench", &["--disable-agent"]);
+    let mut b = node::Box::start_with("bench", &["--disable-agent"]);
     let agent = start_agent(&b);
     let netns = std::fs::File::open(format!("/var/run/netns/{}", b.netns)).expect("netns");
     let kubeconfig = b.kubeconfig();
@@ -266,21 +268,27 @@ fn main() {
 
     // A restarted agent: how soon does its node post Ready again?
     drop(agent);
-    let before = b.ok(&["get", "node", "box", "-o", "jsonpath={.metadata.resourceVersion}"]);
+    let before = b.ok(&["get", "node", "box", "-o", HEARTBEAT]);
     let t = Instant::now();
     let agent = start_agent(&b);
     b.wait_for("the restarted agent's node status", Duration::from_secs(30), |b| {
-        let out = b.ok(&[
-            "get",
-            "node",
-            "box",
-            "-o",
-            "jsonpath={.metadata.resourceVersion} {.status.conditions[?(@.type==\"Ready\")].status}",
-        ]);
-        let mut it = out.split(' ');
-        it.next() != Some(before.as_str()) && it.next() == Some("True")
+        let out = b.ok(&["get", "node", "box", "-o", HEARTBEAT]);
+        out != before && out.ends_with(" True")
     });
     let ready_after_start = t.elapsed();
+
+    // The whole server (control plane and agent) restarted on its data dir.
+    drop(agent);
+    let before = b.ok(&["get", "node", "box", "-o", HEARTBEAT]);
+    b.terminate();
+    b.extra.clear();
+    let t = Instant::now();
+    b.launch();
+    b.wait_for("the restarted server's node status", Duration::from_secs(30), |b| {
+        let out = b.ok(&["get", "node", "box", "-o", HEARTBEAT]);
+        out != before && out.ends_with(" True")
+    });
+    let server_ready = t.elapsed();
 
     println!(
         "node benchmark ({} CPUs, in a network namespace; skiff agent as its own process)",
@@ -301,8 +309,10 @@ fn main() {
     println!("| agent RSS with {PODS} pods | {agent_busy:.1} MiB | ≤ 60 MiB |");
     println!("| containerd RSS idle / with {PODS} pods | {containerd_idle:.1} / {containerd_busy:.1} MiB | |");
     println!("| agent + containerd idle | {:.1} MiB | ≤ 80 MiB |", agent_idle + containerd_idle);
-    println!("| restarted agent to node Ready posted | {:.2} s | ≤ 3 s |", ready_after_start.as_secs_f64());
-    // The box goes first, while the agent still removes the pods' containers.
+    println!("| restarted `skiff agent` to node Ready posted | {:.2} s | |", ready_after_start.as_secs_f64());
+    println!(
+        "| restarted `skiff server` (existing data dir) to node Ready posted | {:.2} s | ≤ 3 s |",
+        server_ready.as_secs_f64()
+    );
     drop(b);
-    drop(agent);
 }

@@ -175,13 +175,23 @@ pub async fn exec_sync(
     cmd: Vec<String>,
     timeout: Duration,
 ) -> Result<(i32, Vec<u8>), String> {
+    let line = cmd.join(" ");
     let mut req = tonic::Request::new(proto::ExecSyncRequest {
         container_id: id.to_string(),
         cmd,
         timeout: timeout.as_secs().max(1) as i64,
     });
     req.set_timeout(timeout + Duration::from_secs(5));
-    let r = cri.runtime().exec_sync(req).await.map_err(|e| e.message().to_string())?.into_inner();
+    let r = cri
+        .runtime()
+        .exec_sync(req)
+        .await
+        .map_err(|e| match e.code() {
+            // Upstream's wording for an exec probe that outlives its timeout.
+            tonic::Code::DeadlineExceeded => format!("command {line:?} timed out"),
+            _ => e.message().to_string(),
+        })?
+        .into_inner();
     let mut out = r.stdout;
     out.extend(r.stderr);
     Ok((r.exit_code, out))
