@@ -68,6 +68,13 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {{name: deadline}}
+spec:
+  activeDeadlineSeconds: 3
+  containers: [{{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}}]
+---
+apiVersion: v1
+kind: Pod
 metadata: {{name: nohost}}
 spec:
   containers:
@@ -117,7 +124,56 @@ spec:
     b.wait_for("nohost to see the directory", Duration::from_secs(10), |b| {
         b.kubectl(&["logs", "nohost"]).stdout.starts_with(b"marker")
     });
+
+    // activeDeadlineSeconds ends a pod as upstream's kubelet does.
+    b.wait_for("deadline to fail", Duration::from_secs(60), |b| b.phase("deadline") == "Failed");
+    let pod = b.pod("deadline").expect("pod");
+    assert_eq!(pod["status"]["reason"], "DeadlineExceeded", "{pod}");
+    assert_eq!(pod["status"]["message"], "Pod was active on the node longer than the specified deadline");
+    assert!(pod["status"]["containerStatuses"][0]["state"]["terminated"].is_object(), "{pod}");
     assert!(!b.log().contains("panicked"), "the agent panicked:\n{}", node::tail(&b.log(), 40));
+}
+
+#[test]
+fn pods_are_evicted_when_memory_runs_below_the_threshold() {
+    require_node!();
+    // No box has 1000Ti free: the node is under memory pressure from the start.
+    let b = Box::start_with("evict", &["--kubelet-arg", "eviction-hard=memory.available<1000Ti"]);
+    b.wait_for("MemoryPressure", Duration::from_secs(60), |b| {
+        let out = b.kubectl(&[
+            "get",
+            "node",
+            "box",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"MemoryPressure\")].status}",
+        ]);
+        out.stdout == b"True"
+    });
+    // Bound to the node by name: the scheduler would keep a BestEffort pod off it.
+    b.apply(
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "victim"},
+            "spec": {"nodeName": "box", "containers": [{"name": "c", "image": "busybox", "command": ["sleep", "3600"]}]}}"#,
+    );
+    b.wait_for("victim evicted", Duration::from_secs(90), |b| b.phase("victim") == "Failed");
+    let pod = b.pod("victim").expect("pod");
+    assert_eq!(pod["status"]["reason"], "Evicted", "{pod}");
+    let message = pod["status"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.starts_with("The node was low on resource: memory. Threshold quantity: 1000Ti, available: "),
+        "{message}"
+    );
+    assert!(message.contains("Container c was using "), "{message}");
+    let disruption = pod["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "DisruptionTarget")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(disruption["status"], "True", "{pod}");
+    assert_eq!(disruption["reason"], "TerminationByKubelet", "{pod}");
+    assert!(events(&b, "victim", "Evicted").starts_with("The node was low on resource: memory."));
+    b.wait_for("the victim's containers stopped", Duration::from_secs(30), |b| running_tasks(b) == 0);
 }
 
 #[test]
@@ -187,4 +243,71 @@ spec:
     b.ok(&["delete", "deployment", "burst"]);
     b.ok(&["delete", "pod", "steady", "after", "--grace-period=1"]);
     b.wait_for("no container left", Duration::from_secs(60), |b| b.runtime_containers().is_empty());
+}
+
+/// Image references in the runtime.
+fn runtime_images(b: &Box) -> Vec<String> {
+    let sock = b.socket();
+    let out = std::process::Command::new("ctr")
+        .args(["--address", sock.to_str().expect("utf8"), "-n", "k8s.io", "images", "ls", "-q"])
+        .output()
+        .expect("ctr images ls");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn unused_images_are_collected_and_imported_or_used_ones_stay() {
+    require_node!();
+    // Collect at any disk use, down to nothing, with no minimum age.
+    let mut b = Box::start_with(
+        "imagegc",
+        &[
+            "--kubelet-arg",
+            "image-gc-high-threshold=0",
+            "--kubelet-arg",
+            "image-gc-low-threshold=0",
+            "--kubelet-arg",
+            "minimum-image-ttl-duration=0s",
+        ],
+    );
+    b.wait_for("the node Ready", Duration::from_secs(60), |b| {
+        let out =
+            b.kubectl(&["get", "node", "box", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]);
+        out.stdout == b"True"
+    });
+    // Two images from outside skiff (so not pinned): one a pod uses, one nobody uses.
+    let sock = b.socket();
+    for (name, variant) in [("docker.io/library/unused:1", "unused"), ("docker.io/library/inuse:1", "inuse")] {
+        let file = b.dir.path().join(format!("{variant}.tar"));
+        std::fs::write(&file, images::oci_archive_variant(name, variant)).expect("archive");
+        let out = std::process::Command::new("ctr")
+            .args(["--address", sock.to_str().expect("utf8"), "-n", "k8s.io", "images", "import"])
+            .arg(&file)
+            .output()
+            .expect("ctr images import");
+        assert!(out.status.success(), "ctr import: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    b.apply(
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "user"},
+            "spec": {"containers": [{"name": "c", "image": "docker.io/library/inuse:1", "imagePullPolicy": "Never", "command": ["sleep", "3600"]}]}}"#,
+    );
+    b.wait_for("user Running", Duration::from_secs(60), |b| b.phase("user") == "Running");
+    let images = runtime_images(&b);
+    assert!(images.iter().any(|i| i == "docker.io/library/unused:1"), "{images:?}");
+
+    // Collection runs at start: a restart triggers it.
+    b.terminate();
+    b.launch();
+    b.wait_for("the unused image removed", Duration::from_secs(60), |b| {
+        !runtime_images(b).iter().any(|i| i == "docker.io/library/unused:1")
+    });
+    let images = runtime_images(&b);
+    for kept in ["docker.io/library/inuse:1", "docker.io/library/busybox:latest", "registry.k8s.io/pause:3.10"] {
+        assert!(images.iter().any(|i| i == kept), "{kept} kept: {images:?}");
+    }
+    // The disk cannot get down to 0 %: the shortfall is reported on the node.
+    b.wait_for("FreeDiskSpaceFailed", Duration::from_secs(30), |b| {
+        events(b, "box", "FreeDiskSpaceFailed").contains("Failed to garbage collect required amount of images.")
+    });
+    assert_eq!(b.phase("user"), "Running");
 }

@@ -120,6 +120,50 @@ spec:
     b.ok(&["delete", "pod", "hooks"]);
     let order = std::fs::read_to_string(out.join("order")).expect("order file");
     assert_eq!(order, "prestop\nterm\n");
+
+    // An HTTP preStop hook reaches the container's own server before SIGTERM; a failed
+    // container with FallbackToLogsOnError reports the end of its log.
+    let manifest = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: httphook}
+spec:
+  terminationGracePeriodSeconds: 10
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command:
+    - sh
+    - -c
+    - |
+      mkdir -p /www/cgi-bin
+      printf '#!/bin/sh\necho "$REQUEST_METHOD $REQUEST_URI" >> /out/http-hook\nprintf "Content-Type: text/plain\\r\\n\\r\\nok\\n"\n' > /www/cgi-bin/stop
+      chmod +x /www/cgi-bin/stop
+      exec httpd -f -p 8080 -h /www
+    lifecycle: {preStop: {httpGet: {port: web, path: /cgi-bin/stop}}}
+    ports: [{name: web, containerPort: 8080}]
+    volumeMounts: [{name: out, mountPath: /out}]
+  volumes:
+  - {name: out, hostPath: {path: OUT, type: Directory}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: fallback}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: c, image: busybox, imagePullPolicy: IfNotPresent, terminationMessagePolicy: FallbackToLogsOnError, command: [sh, -c, "echo first; echo boom-reason; exit 2"]}
+"#
+    .replace("OUT", out.to_str().expect("utf8"));
+    b.apply(&manifest);
+    b.wait_for("httphook Running", Duration::from_secs(60), |b| b.phase("httphook") == "Running");
+    b.ok(&["delete", "pod", "httphook"]);
+    assert_eq!(std::fs::read_to_string(out.join("http-hook")).expect("the hook's request").trim(), "GET /cgi-bin/stop");
+    b.wait_for("fallback to fail", Duration::from_secs(60), |b| b.phase("fallback") == "Failed");
+    let t = b.pod("fallback").expect("pod")["status"]["containerStatuses"][0]["state"]["terminated"].clone();
+    assert_eq!(t["exitCode"], 2, "{t}");
+    assert_eq!(t["message"], "first\nboom-reason\n", "{t}");
 }
 
 #[test]

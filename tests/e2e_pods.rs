@@ -34,6 +34,8 @@ fn node_registers_ready_and_a_pod_runs_and_is_deleted_cleanly() {
     let pod_cidr = node["spec"]["podCIDR"].as_str().expect("podCIDR").to_string();
     assert!(b.ok(&["get", "lease", "-n", "kube-node-lease", "box", "-o", "name"]).contains("box"));
 
+    b.ok(&["create", "service", "clusterip", "my-web", "--tcp=80:8080"]);
+    let web_ip = b.ok(&["get", "service", "my-web", "-o", "jsonpath={.spec.clusterIP}"]);
     b.ok(&["run", "t", "--image=busybox", "--", "sh", "-c", "echo started; sleep 3600"]);
     b.wait_for("pod t Running", Duration::from_secs(60), |b| b.phase("t") == "Running");
     let pod = b.pod("t").expect("pod");
@@ -74,6 +76,31 @@ fn node_registers_ready_and_a_pod_runs_and_is_deleted_cleanly() {
         assert!(events.split(' ').any(|r| r == reason), "{reason} in {events}");
     }
     assert_eq!(b.runtime_containers().len(), 2, "the sandbox and one container");
+
+    // Service variables, as upstream's kubelet sets them (the pod came after the Service).
+    let env = b.ok(&["exec", "t", "--", "env"]);
+    for line in [
+        "KUBERNETES_SERVICE_HOST=10.43.0.1".to_string(),
+        "KUBERNETES_SERVICE_PORT=443".into(),
+        "KUBERNETES_SERVICE_PORT_HTTPS=443".into(),
+        "KUBERNETES_PORT_443_TCP=tcp://10.43.0.1:443".into(),
+        format!("MY_WEB_SERVICE_HOST={web_ip}"),
+        "MY_WEB_SERVICE_PORT=80".into(),
+        format!("MY_WEB_PORT=tcp://{web_ip}:80"),
+        format!("MY_WEB_PORT_80_TCP_ADDR={web_ip}"),
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line} in\n{env}");
+    }
+    b.apply(
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nolinks"},
+            "spec": {"enableServiceLinks": false, "terminationGracePeriodSeconds": 0,
+                     "containers": [{"name": "c", "image": "busybox", "command": ["sleep", "3600"]}]}}"#,
+    );
+    b.wait_for("pod nolinks Running", Duration::from_secs(60), |b| b.phase("nolinks") == "Running");
+    let env = b.ok(&["exec", "nolinks", "--", "env"]);
+    assert!(env.lines().any(|l| l == "KUBERNETES_SERVICE_HOST=10.43.0.1"), "{env}");
+    assert!(!env.contains("MY_WEB_"), "enableServiceLinks: false leaves the namespace's services out:\n{env}");
+    b.ok(&["delete", "pod", "nolinks", "--grace-period=0", "--force"]);
 
     b.ok(&["delete", "pod", "t", "--grace-period=1"]);
     assert!(b.pod("t").is_none());

@@ -30,7 +30,7 @@ pub struct NodeFlags {
     /// Taint the node registers with, KEY[=VALUE]:EFFECT (repeatable)
     #[arg(long = "node-taint", env = "SKIFF_NODE_TAINT", value_name = "TAINT", value_delimiter = ',')]
     pub node_taint: Vec<String>,
-    /// Kubelet setting KEY=VALUE (repeatable): max-pods, port, eviction-hard, image-gc-high-threshold, image-gc-low-threshold
+    /// Kubelet setting KEY=VALUE (repeatable): max-pods, port, eviction-hard, image-gc-high-threshold, image-gc-low-threshold, minimum-image-ttl-duration
     #[arg(long = "kubelet-arg", env = "SKIFF_KUBELET_ARG", value_name = "KEY=VALUE")]
     pub kubelet_arg: Vec<String>,
     /// CRI socket of an existing container runtime, instead of the containerd skiff runs (PATH or unix://PATH)
@@ -118,6 +118,8 @@ pub struct KubeletSettings {
     pub image_gc_high_threshold: u8,
     /// Disk use (percent) image removal brings the disk down to.
     pub image_gc_low_threshold: u8,
+    /// Images younger than this are never removed.
+    pub image_minimum_gc_age: std::time::Duration,
 }
 
 impl Default for KubeletSettings {
@@ -131,6 +133,7 @@ impl Default for KubeletSettings {
             .expect("the default thresholds parse"),
             image_gc_high_threshold: 85,
             image_gc_low_threshold: 80,
+            image_minimum_gc_age: std::time::Duration::from_secs(120),
         }
     }
 }
@@ -261,9 +264,14 @@ pub fn parse_kubelet_args(args: &[String]) -> Result<KubeletSettings, String> {
                 s.image_gc_low_threshold =
                     value.parse().ok().filter(|n| *n <= 100).ok_or_else(|| bad("expected a percentage, 0-100"))?
             }
+            "minimum-image-ttl-duration" => {
+                let ns = crate::api::cron::go_duration(value).map_err(|e| bad(&e))?;
+                s.image_minimum_gc_age =
+                    std::time::Duration::from_nanos(u64::try_from(ns).map_err(|_| bad("must not be negative"))?)
+            }
             _ => {
                 return Err(bad(
-                    "unknown setting; known: max-pods, port, eviction-hard, image-gc-high-threshold, image-gc-low-threshold",
+                    "unknown setting; known: max-pods, port, eviction-hard, image-gc-high-threshold, image-gc-low-threshold, minimum-image-ttl-duration",
                 ));
             }
         }

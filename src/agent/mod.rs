@@ -4,8 +4,9 @@
 //! existing CRI socket), imports the images folder and the built-in pause image, registers the
 //! Node ([`node`]: capacity, addresses, labels, Lease heartbeat, conditions from [`host`]
 //! measurements), writes the CNI configuration once the node has a pod CIDR ([`cni`]), and runs
-//! the pod workers ([`pods`]) and the static pods of `<data-dir>/agent/pod-manifests/`
-//! ([`static_pods`]). [`config`] holds the flags.
+//! the pod workers ([`pods`]), the static pods of `<data-dir>/agent/pod-manifests/`
+//! ([`static_pods`]), the kubelet API ([`kubelet_api`]), image garbage collection
+//! ([`image_gc`]) and hard eviction ([`eviction`]). [`config`] holds the flags.
 //!
 //! Invariant: an API client only (a [`kube::Client`], in-process inside `skiff server`, over
 //! HTTPS in `skiff agent`); it never sees the store. It speaks to containers only through the
@@ -14,7 +15,9 @@
 pub mod cli;
 pub mod cni;
 pub mod config;
+pub mod eviction;
 pub mod host;
+pub mod image_gc;
 pub mod kubelet_api;
 pub mod node;
 pub mod pods;
@@ -144,6 +147,12 @@ pub async fn run(
         pods_dir: agent_dir.join("pods"),
         logs_dir: agent_dir.join("logs"),
         index: Default::default(),
+        services: crate::runtime::Informer::spawn(
+            Api::all(client.clone()),
+            kube::runtime::watcher::Config::default(),
+            cancel.child_token(),
+        ),
+        evictions: Default::default(),
     });
     let api_cfg = kubelet_api::Config {
         listen: cfg.kubelet_listen(),
@@ -159,6 +168,14 @@ pub async fn run(
             tracing::error!(error = %e, "the kubelet API stopped: no logs, exec, attach or port-forward on this node");
         }
     };
+    let node_ref = k8s_openapi::api::core::v1::ObjectReference {
+        kind: Some("Node".into()),
+        api_version: Some("v1".into()),
+        name: Some(cfg.node_name.clone()),
+        uid: Some(cfg.node_name.clone()),
+        ..Default::default()
+    };
+    let image_gc = image_gc::run(cri.clone(), ctx.recorder.clone(), node_ref, cfg.kubelet.clone(), cancel.clone());
     let heartbeat = node::heartbeat(client.clone(), cri.clone(), facts, cancel.clone());
     let workers = async {
         let _ = tokio::time::timeout(POD_CIDR_WAIT, configure_network(&client, &cfg, &cancel)).await;
@@ -166,7 +183,8 @@ pub async fn run(
     };
     let mirrors =
         static_pods::run(client.clone(), agent_dir.join("pod-manifests"), cfg.node_name.clone(), cancel.clone());
-    tokio::join!(heartbeat, workers, mirrors, kubelet_api);
+    let eviction = eviction::run(ctx.clone(), cancel.clone());
+    tokio::join!(heartbeat, workers, mirrors, kubelet_api, image_gc, eviction);
     if let Some(c) = containerd {
         c.stop().await;
     }

@@ -403,7 +403,7 @@ fn bits(min: u64, max: u64) -> u64 {
 }
 
 /// Go's `time.ParseDuration`, in nanoseconds, with its error messages.
-fn go_duration(orig: &str) -> Result<i64, String> {
+pub(crate) fn go_duration(orig: &str) -> Result<i64, String> {
     const LIMIT: u64 = 1 << 63;
     let invalid = || format!("time: invalid duration {}", go_quote(orig));
     let mut s = orig.as_bytes();

@@ -13,7 +13,7 @@
 //!
 //! The archive is read once, on a blocking thread, in chunks; nothing is extracted to disk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
@@ -114,7 +114,9 @@ impl Api {
         let mut request = tonic::Request::new(message);
         let metadata = request.metadata_mut();
         metadata.insert("containerd-namespace", tonic::metadata::MetadataValue::from_static(NAMESPACE));
-        if let Ok(lease) = self.lease.parse() {
+        if !self.lease.is_empty()
+            && let Ok(lease) = self.lease.parse()
+        {
             metadata.insert("containerd-lease", lease);
         }
         request
@@ -573,11 +575,33 @@ async fn label_children(api: &Api, contents: &Contents, target: &Descriptor) -> 
     Ok(())
 }
 
+/// The label that pins an image against garbage collection.
+pub const PINNED_LABEL: &str = "io.cri-containerd.pinned";
+
+/// Which of `names` (image references) carry the pinned label in containerd's `k8s.io`
+/// namespace. A name that cannot be looked up counts as not pinned.
+pub async fn pinned(client: &CriClient, names: &[String]) -> HashSet<String> {
+    let api = Api { channel: client.channel(), lease: String::new() };
+    let mut images = images::images_client::ImagesClient::new(api.channel.clone());
+    let mut out = HashSet::new();
+    for name in names {
+        if let Ok(r) = images.get(api.request(images::GetImageRequest { name: name.clone() })).await
+            && r.into_inner().image.is_some_and(|i| i.labels.get(PINNED_LABEL).is_some_and(|v| v == "pinned"))
+        {
+            out.insert(name.clone());
+        }
+    }
+    out
+}
+
 /// Creates the image record, or points an existing one at the new target.
 async fn put_image(api: &Api, name: &str, target: &Descriptor) -> Result<(), String> {
     let mut labels = HashMap::new();
     // What the CRI plugin puts on images it pulls itself.
     labels.insert("io.cri-containerd.image".to_string(), "managed".to_string());
+    // An imported image cannot be pulled again on a box without a registry: image garbage
+    // collection leaves it alone (skiff's own, and containerd 1.7+'s CRI reports it pinned).
+    labels.insert(PINNED_LABEL.to_string(), "pinned".to_string());
     let image = images::Image { name: name.to_string(), labels, target: Some(target.clone()), ..Default::default() };
     let mut client = images::images_client::ImagesClient::new(api.channel.clone());
     match client

@@ -241,6 +241,11 @@ impl<K: Cached> Informer<K> {
         let _ = ready.wait_for(|r| *r).await;
     }
 
+    /// Whether the first list has filled the cache.
+    pub fn is_synced(&self) -> bool {
+        *self.ready.borrow()
+    }
+
     /// The cached object `name` in `namespace` ("" for cluster-scoped kinds).
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
         let mut r = ObjectRef::<K>::new(name);

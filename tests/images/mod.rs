@@ -70,10 +70,20 @@ pub fn busybox_layer() -> Vec<u8> {
 }
 
 pub fn image_config(layer: &[u8]) -> Vec<u8> {
+    variant_config(layer, "")
+}
+
+/// The config of a busybox image that differs from the others by a label, so it has an id of
+/// its own.
+fn variant_config(layer: &[u8], variant: &str) -> Vec<u8> {
+    let mut config = serde_json::json!({"Cmd": ["sleep", "3600"], "Env": ["PATH=/bin"]});
+    if !variant.is_empty() {
+        config["Labels"] = serde_json::json!({"variant": variant});
+    }
     serde_json::to_vec(&serde_json::json!({
         "architecture": goarch(),
         "os": "linux",
-        "config": {"Cmd": ["sleep", "3600"], "Env": ["PATH=/bin"]},
+        "config": config,
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(layer))]},
     }))
     .expect("config json")
@@ -98,9 +108,14 @@ pub fn docker_archive(tags: &[&str]) -> Vec<u8> {
 
 /// An OCI image layout whose layer is gzip-compressed.
 pub fn oci_archive(name: &str) -> Vec<u8> {
+    oci_archive_variant(name, "")
+}
+
+/// [`oci_archive`] with a config of its own (see [`variant_config`]).
+pub fn oci_archive_variant(name: &str, variant: &str) -> Vec<u8> {
     use std::io::Write;
     let layer = busybox_layer();
-    let config = image_config(&layer);
+    let config = variant_config(&layer, variant);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&layer).expect("gzip");
     let gz_layer = gz.finish().expect("gzip");

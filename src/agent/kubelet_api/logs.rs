@@ -171,6 +171,26 @@ impl Joiner {
     }
 }
 
+/// The last `lines` lines of a CRI log file, at most `max_bytes` of them (cut at the front),
+/// as upstream's kubelet reads a failed container's log for its termination message. Empty
+/// when the file cannot be read.
+pub fn log_tail(path: &std::path::Path, lines: usize, max_bytes: usize) -> String {
+    let Ok(raw) = std::fs::read(path) else { return String::new() };
+    let mut joiner = Joiner::new(&LogOptions::default());
+    let mut out: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
+    for line in raw.split(|b| *b == b'\n') {
+        if let Some(done) = parse_record(line).and_then(|r| joiner.push(&r)) {
+            out.push_back(done);
+            if out.len() > lines {
+                out.pop_front();
+            }
+        }
+    }
+    let all: Vec<u8> = out.into_iter().flatten().collect();
+    let start = all.len().saturating_sub(max_bytes);
+    String::from_utf8_lossy(&all[start..]).into_owned()
+}
+
 /// Serves `/containerLogs/...`.
 pub(super) async fn container_logs(
     cri: &CriClient,
@@ -426,6 +446,22 @@ mod tests {
                        2026-01-01T00:00:02Z stdout F \n\
                        garbage\n\
                        2026-01-01T00:00:03Z stdout P unfinished";
+
+    #[test]
+    fn log_tail_keeps_the_last_lines_and_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("0.log");
+        let mut text = String::new();
+        for i in 0..100 {
+            text.push_str(&format!("2026-01-01T00:00:00Z stderr F line {i}\n"));
+        }
+        text.push_str("2026-01-01T00:00:01Z stdout P par\n2026-01-01T00:00:01Z stdout F tial\n");
+        std::fs::write(&p, text).unwrap();
+        let tail = log_tail(&p, 3, 2048);
+        assert_eq!(tail, "line 98\nline 99\npartial\n");
+        assert_eq!(log_tail(&p, 80, 8), "partial\n");
+        assert_eq!(log_tail(&d.path().join("none"), 80, 2048), "");
+    }
 
     #[test]
     fn records_are_joined_into_lines() {

@@ -23,6 +23,7 @@
 //! interpret the streaming protocols it splices.
 
 mod logs;
+pub use logs::log_tail;
 mod stats;
 mod streaming;
 

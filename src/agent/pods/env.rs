@@ -1,12 +1,13 @@
 //! A container's environment as upstream's kubelet builds it: `envFrom` first, then `env`
-//! (values with `$(VAR)` expanded against what came before, fieldRef, resourceFieldRef,
-//! configMapKeyRef, secretKeyRef).
+//! (values with `$(VAR)` expanded against what came before and the service variables,
+//! fieldRef, resourceFieldRef, configMapKeyRef, secretKeyRef), then the service variables
+//! the container did not set itself ([`service_vars`]).
 //!
 //! Errors are upstream's `CreateContainerConfigError` messages.
 
 use std::collections::HashMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, ResourceFieldSelector, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, ResourceFieldSelector, Secret, Service};
 use kube::{Api, Client};
 
 use crate::cri::proto::KeyValue;
@@ -98,8 +99,59 @@ fn container_resource(c: &Container, r: &ResourceFieldSelector) -> Result<String
     Ok(((value + divisor - 1) / divisor).to_string())
 }
 
-/// The container's environment, resolved.
-pub async fn resolve(client: &Client, pod: &Pod, c: &Container) -> Result<Vec<KeyValue>, String> {
+/// Upstream's name for a service in a variable: upper case, `-` as `_`.
+fn var_name(s: &str) -> String {
+    s.to_uppercase().replace('-', "_")
+}
+
+/// The Docker-link-style variables of services, as upstream's kubelet sets them:
+/// `<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT` (the first port), `<NAME>_SERVICE_PORT_<PORT
+/// NAME>` for named ports, `<NAME>_PORT` and `<NAME>_PORT_<port>_<PROTO>{,_PROTO,_PORT,_ADDR}`.
+/// Services without a cluster IP (headless, ExternalName) or ports have none.
+pub fn service_vars<'a>(services: impl IntoIterator<Item = &'a Service>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for svc in services {
+        let Some(spec) = &svc.spec else { continue };
+        let ip = spec.cluster_ip.as_deref().unwrap_or("");
+        let ports = spec.ports.as_deref().unwrap_or(&[]);
+        if ip.is_empty() || ip == "None" || ports.is_empty() {
+            continue;
+        }
+        let prefix = var_name(svc.metadata.name.as_deref().unwrap_or(""));
+        out.push((format!("{prefix}_SERVICE_HOST"), ip.to_string()));
+        out.push((format!("{prefix}_SERVICE_PORT"), ports[0].port.to_string()));
+        for p in ports {
+            if let Some(n) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                out.push((format!("{prefix}_SERVICE_PORT_{}", var_name(n)), p.port.to_string()));
+            }
+        }
+        let host_port = |port: i32| {
+            if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") }
+        };
+        for (i, p) in ports.iter().enumerate() {
+            let proto = p.protocol.as_deref().unwrap_or("TCP");
+            let url = format!("{}://{}", proto.to_lowercase(), host_port(p.port));
+            if i == 0 {
+                out.push((format!("{prefix}_PORT"), url.clone()));
+            }
+            let pp = format!("{prefix}_PORT_{}_{}", p.port, proto.to_uppercase());
+            out.push((format!("{pp}_PROTO"), proto.to_lowercase()));
+            out.push((format!("{pp}_PORT"), p.port.to_string()));
+            out.push((format!("{pp}_ADDR"), ip.to_string()));
+            out.push((pp, url));
+        }
+    }
+    out
+}
+
+/// The container's environment, resolved. `services` are the service variables (see
+/// [`service_vars`]): `$(VAR)` may name them, and those the container does not set come last.
+pub async fn resolve(
+    client: &Client,
+    pod: &Pod,
+    c: &Container,
+    services: Vec<(String, String)>,
+) -> Result<Vec<KeyValue>, String> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut cms: HashMap<String, Option<ConfigMap>> = HashMap::new();
     let mut secrets: HashMap<String, Option<Secret>> = HashMap::new();
@@ -138,7 +190,8 @@ pub async fn resolve(client: &Client, pod: &Pod, c: &Container) -> Result<Vec<Ke
     }
     for e in c.env.iter().flatten() {
         let value = if let Some(v) = &e.value {
-            let known: HashMap<&str, &str> = out.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let known: HashMap<&str, &str> =
+                services.iter().chain(out.iter()).map(|(k, v)| (k.as_str(), v.as_str())).collect();
             super::spec::expand(v, &known)
         } else if let Some(src) = &e.value_from {
             if let Some(f) = &src.field_ref {
@@ -178,6 +231,11 @@ pub async fn resolve(client: &Client, pod: &Pod, c: &Container) -> Result<Vec<Ke
             String::new()
         };
         set(&mut out, e.name.clone(), value);
+    }
+    for (k, v) in services {
+        if !out.iter().any(|(key, _)| *key == k) {
+            out.push((k, v));
+        }
     }
     Ok(out.into_iter().map(|(key, value)| KeyValue { key, value }).collect())
 }
@@ -225,6 +283,36 @@ mod tests {
         assert_eq!(field_value(&pod, "spec.nodeName").unwrap(), "pi");
         assert_eq!(field_value(&pod, "status.podIP").unwrap(), "10.42.0.5");
         assert_eq!(field_value(&pod, "spec.x").unwrap_err(), "unsupported fieldPath: spec.x");
+    }
+
+    #[test]
+    fn service_variables_as_upstream_names_them() {
+        let svc: Service = serde_yaml::from_str(
+            "metadata: {name: my-web}\nspec: {clusterIP: 10.43.0.20, ports: [{name: http, port: 80}, {name: dns, port: 53, protocol: UDP}]}",
+        )
+        .unwrap();
+        let headless: Service =
+            serde_yaml::from_str("metadata: {name: h}\nspec: {clusterIP: None, ports: [{port: 80}]}").unwrap();
+        let vars: HashMap<String, String> = service_vars([&svc, &headless]).into_iter().collect();
+        let want = [
+            ("MY_WEB_SERVICE_HOST", "10.43.0.20"),
+            ("MY_WEB_SERVICE_PORT", "80"),
+            ("MY_WEB_SERVICE_PORT_HTTP", "80"),
+            ("MY_WEB_SERVICE_PORT_DNS", "53"),
+            ("MY_WEB_PORT", "tcp://10.43.0.20:80"),
+            ("MY_WEB_PORT_80_TCP", "tcp://10.43.0.20:80"),
+            ("MY_WEB_PORT_80_TCP_PROTO", "tcp"),
+            ("MY_WEB_PORT_80_TCP_PORT", "80"),
+            ("MY_WEB_PORT_80_TCP_ADDR", "10.43.0.20"),
+            ("MY_WEB_PORT_53_UDP", "udp://10.43.0.20:53"),
+            ("MY_WEB_PORT_53_UDP_PROTO", "udp"),
+            ("MY_WEB_PORT_53_UDP_PORT", "53"),
+            ("MY_WEB_PORT_53_UDP_ADDR", "10.43.0.20"),
+        ];
+        assert_eq!(vars.len(), want.len(), "{vars:?}");
+        for (k, v) in want {
+            assert_eq!(vars.get(k).map(String::as_str), Some(v), "{k}");
+        }
     }
 
     #[test]

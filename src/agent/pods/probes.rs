@@ -158,21 +158,24 @@ impl Probes {
     }
 }
 
+/// A probe's or hook's port: a number, or the name of one of the container's ports.
+pub(super) fn port_of(c: &Container, port: &IntOrString) -> Result<u16, String> {
+    match port {
+        IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid port {n}")),
+        IntOrString::String(name) => c
+            .ports
+            .iter()
+            .flatten()
+            .find(|cp| cp.name.as_deref() == Some(name.as_str()))
+            .and_then(|cp| u16::try_from(cp.container_port).ok())
+            .ok_or_else(|| format!("port \"{name}\" not found in the container's ports")),
+    }
+}
+
 /// Runs one probe once.
 async fn run_probe(cri: &CriClient, c: &Container, id: &str, p: &Probe, ip: Option<IpAddr>) -> Result<(), String> {
     let timeout = secs(p.timeout_seconds, 1).max(Duration::from_secs(1));
-    let port_of = |port: &IntOrString| -> Result<u16, String> {
-        match port {
-            IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid port {n}")),
-            IntOrString::String(name) => c
-                .ports
-                .iter()
-                .flatten()
-                .find(|cp| cp.name.as_deref() == Some(name.as_str()))
-                .and_then(|cp| u16::try_from(cp.container_port).ok())
-                .ok_or_else(|| format!("port \"{name}\" not found in the container's ports")),
-        }
-    };
+    let port_of = |port: &IntOrString| port_of(c, port);
     if let Some(exec) = &p.exec {
         let cmd = exec.command.clone().unwrap_or_default();
         let (code, out) = super::runtime::exec_sync(cri, id, cmd, timeout).await?;
@@ -222,7 +225,7 @@ async fn run_probe(cri: &CriClient, c: &Container, id: &str, p: &Probe, ip: Opti
 }
 
 /// A GET with `Connection: close`; returns the status code.
-async fn http_get(
+pub(super) async fn http_get(
     host: IpAddr,
     port: u16,
     path: &str,

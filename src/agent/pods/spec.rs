@@ -26,6 +26,8 @@ pub const ANNOTATION_RESTART_COUNT: &str = "io.kubernetes.container.restartCount
 pub const ANNOTATION_GRACE: &str = "io.kubernetes.pod.terminationGracePeriod";
 /// Annotation: where the container's termination message is written.
 pub const ANNOTATION_TERMINATION_PATH: &str = "io.kubernetes.container.terminationMessagePath";
+/// Annotation: the container's `terminationMessagePolicy`.
+pub const ANNOTATION_TERMINATION_POLICY: &str = "io.kubernetes.container.terminationMessagePolicy";
 /// Label marking objects the agent created, so cleanup never touches anyone else's.
 pub const LABEL_MANAGED: &str = "io.skiff.managed";
 
@@ -315,6 +317,7 @@ pub fn container_config(pod: &Pod, inputs: ContainerInputs<'_>) -> proto::Contai
             ANNOTATION_TERMINATION_PATH,
             c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into()),
         ),
+        (ANNOTATION_TERMINATION_POLICY, c.termination_message_policy.clone().unwrap_or_else(|| "File".into())),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

@@ -27,6 +27,15 @@ pub struct Waiting {
     pub message: String,
 }
 
+/// Why the agent itself ended a pod (eviction, `activeDeadlineSeconds`): the pod's reason and
+/// message, and whether a `DisruptionTarget` condition says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Killed {
+    pub reason: String,
+    pub message: String,
+    pub disruption: bool,
+}
+
 /// Everything the status is computed from.
 pub struct Inputs<'a> {
     pub pod: &'a Pod,
@@ -44,6 +53,8 @@ pub struct Inputs<'a> {
     /// `Succeeded` or `Failed` once the pod is finished.
     pub terminal: Option<&'static str>,
     pub start_time: Time,
+    /// Set when the agent itself ended the pod.
+    pub killed: Option<&'a Killed>,
 }
 
 fn time(nanos: i64) -> Option<Time> {
@@ -230,6 +241,16 @@ pub fn compute(inp: &Inputs<'_>) -> PodStatus {
             condition(&previous, "Ready", false, Some(ready_reason), unready_message)
         },
     ];
+    let mut conditions = conditions;
+    if let Some(k) = inp.killed.filter(|k| k.disruption) {
+        conditions.push(condition(
+            &previous,
+            "DisruptionTarget",
+            true,
+            Some("TerminationByKubelet"),
+            Some(k.message.clone()),
+        ));
+    }
     let host_ips = inp.host_ips.to_vec();
     let old = pod.status.clone().unwrap_or_default();
     let host_network = spec.host_network.unwrap_or(false);
@@ -248,6 +269,8 @@ pub fn compute(inp: &Inputs<'_>) -> PodStatus {
         start_time: Some(old.start_time.unwrap_or_else(|| inp.start_time.clone())),
         qos_class: Some(super::spec::qos_class(pod).into()),
         nominated_node_name: old.nominated_node_name,
+        reason: inp.killed.map(|k| k.reason.clone()),
+        message: inp.killed.map(|k| k.message.clone()),
         ..Default::default()
     }
 }

@@ -9,7 +9,7 @@
 //! being deleted gets its preStop hooks and its grace period, then is removed from the runtime
 //! and, last, from the API.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::runtime::{self, Observed};
 use super::spec::{self, ContainerInputs};
-use super::status::{self, Waiting};
+use super::status::{self, Killed, Waiting};
 use super::volumes;
 use crate::agent::config::AgentConfig;
 use crate::cri::config::CgroupDriver;
@@ -58,11 +58,45 @@ pub struct Ctx {
     pub logs_dir: PathBuf,
     /// What the kubelet API reads about the pods.
     pub index: Arc<super::index::Index>,
+    /// Every Service, for containers' service variables.
+    pub services: Arc<crate::runtime::Informer<k8s_openapi::api::core::v1::Service>>,
+    /// Pods the eviction manager chose, by uid, until their worker takes them.
+    pub evictions: std::sync::Mutex<HashMap<String, Killed>>,
 }
 
 impl Ctx {
     pub fn pod_dir(&self, uid: &str) -> PathBuf {
         self.pods_dir.join(uid)
+    }
+
+    /// The service variables of a pod's containers, as upstream picks the services: the
+    /// `kubernetes` Service of `default` always, those of the pod's namespace unless
+    /// `enableServiceLinks: false` (a namespace's own `kubernetes` Service wins).
+    pub fn service_vars(&self, pod: &Pod) -> Result<Vec<(String, String)>, String> {
+        if !self.services.is_synced() {
+            return Err("services have not yet been read at least once, cannot construct envvars".into());
+        }
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let links = pod.spec.as_ref().and_then(|s| s.enable_service_links).unwrap_or(true);
+        let mut picked: BTreeMap<String, Arc<k8s_openapi::api::core::v1::Service>> = BTreeMap::new();
+        if links {
+            for s in self.services.in_namespace(ns) {
+                picked.insert(s.metadata.name.clone().unwrap_or_default(), s);
+            }
+        }
+        if let Some(k) = self.services.get("default", "kubernetes") {
+            picked.entry("kubernetes".into()).or_insert(k);
+        }
+        Ok(super::env::service_vars(picked.values().map(|s| s.as_ref())))
+    }
+
+    /// Marks a pod for eviction; its worker reports it at its next sync.
+    pub fn evict(&self, uid: &str, k: Killed) {
+        self.evictions.lock().unwrap_or_else(|p| p.into_inner()).insert(uid.to_string(), k);
+    }
+
+    fn take_eviction(&self, uid: &str) -> Option<Killed> {
+        self.evictions.lock().unwrap_or_else(|p| p.into_inner()).remove(uid)
     }
 
     pub fn log_dir(&self, pod: &Pod) -> PathBuf {
@@ -89,6 +123,8 @@ pub struct Worker {
     said: HashSet<String>,
     /// Set once the pod finished (Succeeded/Failed); nothing runs again.
     terminal: Option<&'static str>,
+    /// Why the agent ended the pod itself, if it did.
+    killed: Option<Killed>,
     probes: super::probes::Probes,
     /// Per container name: readiness and startedness of the running instance.
     ready: HashMap<String, bool>,
@@ -121,6 +157,14 @@ fn should_restart(policy: &str, code: i32) -> bool {
     }
 }
 
+/// What is left of the pod's `activeDeadlineSeconds`, counted from its start time.
+fn deadline_left(pod: &Pod, started: &Time) -> Option<Duration> {
+    let secs = pod.spec.as_ref()?.active_deadline_seconds?;
+    let start = pod.status.as_ref().and_then(|s| s.start_time.as_ref()).unwrap_or(started);
+    let end = start.0 + chrono::Duration::seconds(secs);
+    Some((end - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+}
+
 /// The pause before restart number `restart` (1 for the first), counted from the exit.
 pub fn backoff(restart: i32) -> Duration {
     if restart <= 1 {
@@ -143,6 +187,7 @@ impl Worker {
             volumes: Default::default(),
             said: HashSet::new(),
             terminal: None,
+            killed: None,
             probes: Default::default(),
             ready: HashMap::new(),
             started: HashMap::new(),
@@ -231,7 +276,12 @@ impl Worker {
 
     /// One pass towards the pod's spec; returns when to look again.
     async fn sync(&mut self, pod: &Pod) -> Duration {
-        let next = self.sync_once(pod).await;
+        let mut next = self.sync_once(pod).await;
+        if self.terminal.is_none()
+            && let Some(left) = deadline_left(pod, &self.start_time)
+        {
+            next = next.min(left.max(Duration::from_millis(100)));
+        }
         tracing::debug!(pod = %key(pod), next_ms = next.as_millis() as u64, "synced");
         next
     }
@@ -249,6 +299,16 @@ impl Worker {
         {
             // Finished before this agent started: keep it finished.
             self.terminal = if phase == Some("Succeeded") { Some("Succeeded") } else { Some("Failed") };
+        }
+        if self.terminal.is_none() {
+            if let Some(k) = self.ctx.take_eviction(&self.uid) {
+                self.event(pod, None, EventType::Warning, "Evicted", k.message.clone());
+                self.kill(k);
+            } else if deadline_left(pod, &self.start_time).is_some_and(|d| d.is_zero()) {
+                let message = "Pod was active on the node longer than the specified deadline";
+                self.event(pod, None, EventType::Normal, "DeadlineExceeded", message.into());
+                self.kill(Killed { reason: "DeadlineExceeded".into(), message: message.into(), disruption: false });
+            }
         }
         if self.terminal.is_some() {
             self.stop_all(pod, &obs, 0).await;
@@ -389,6 +449,16 @@ impl Worker {
             });
             if all_done {
                 self.terminal = Some(self.finished_phase(pod, &statuses));
+            }
+        }
+        if self.terminal.is_none() {
+            if let Some(k) = self.ctx.take_eviction(&self.uid) {
+                self.event(pod, None, EventType::Warning, "Evicted", k.message.clone());
+                self.kill(k);
+            } else if deadline_left(pod, &self.start_time).is_some_and(|d| d.is_zero()) {
+                let message = "Pod was active on the node longer than the specified deadline";
+                self.event(pod, None, EventType::Normal, "DeadlineExceeded", message.into());
+                self.kill(Killed { reason: "DeadlineExceeded".into(), message: message.into(), disruption: false });
             }
         }
         if self.terminal.is_some() {
@@ -662,7 +732,14 @@ impl Worker {
             st.pod_ip = pod_ips.first().cloned();
             st.host_ip = self.ctx.cfg.node_ips.first().map(|i| i.to_string());
         }
-        let envs = match super::env::resolve(&self.ctx.client, &view, c).await {
+        let services = match self.ctx.service_vars(pod) {
+            Ok(v) => v,
+            Err(e) => {
+                self.fail(pod, c, init, "CreateContainerConfigError", e);
+                return false;
+            }
+        };
+        let envs = match super::env::resolve(&self.ctx.client, &view, c, services).await {
             Ok(e) => e,
             Err(e) => {
                 self.fail(pod, c, init, "CreateContainerConfigError", e);
@@ -706,13 +783,20 @@ impl Worker {
         self.event(pod, who, EventType::Normal, "Started", format!("Started container {}", c.name));
         self.waiting.remove(&c.name);
         if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref())
-            && let Err(e) = self.run_hook(&id, hook, Duration::from_secs(30)).await
+            && let Err(e) =
+                self.run_hook(&id, c, hook, pod_ips.first().and_then(|i| i.parse().ok()), Duration::from_secs(30)).await
         {
             self.event(pod, who, EventType::Warning, "FailedPostStartHook", format!("PostStartHook failed: {e}"));
             let _ =
                 runtime::stop_container(&self.ctx.cri, &id, Duration::from_secs(spec::grace_seconds(pod) as u64)).await;
         }
         true
+    }
+
+    /// Ends the pod for a reason of the agent's own: it is stopped and reported Failed.
+    fn kill(&mut self, k: Killed) {
+        self.killed = Some(k);
+        self.terminal = Some("Failed");
     }
 
     fn fail(&mut self, pod: &Pod, c: &Container, init: bool, reason: &str, message: String) {
@@ -872,7 +956,16 @@ impl Worker {
         Ok(out)
     }
 
-    async fn run_hook(&self, container_id: &str, hook: &LifecycleHandler, timeout: Duration) -> Result<(), String> {
+    /// Runs a lifecycle hook: exec in the container, an HTTP GET (host defaulting to the pod
+    /// IP), or a sleep. tcpSocket hooks are accepted by the API but, as upstream, never run.
+    async fn run_hook(
+        &self,
+        container_id: &str,
+        c: &Container,
+        hook: &LifecycleHandler,
+        pod_ip: Option<std::net::IpAddr>,
+        timeout: Duration,
+    ) -> Result<(), String> {
         if let Some(exec) = &hook.exec {
             let cmd = exec.command.clone().unwrap_or_default();
             let (code, out) = runtime::exec_sync(&self.ctx.cri, container_id, cmd.clone(), timeout).await?;
@@ -883,10 +976,24 @@ impl Worker {
                     String::from_utf8_lossy(&out).trim()
                 ));
             }
+        } else if let Some(http) = &hook.http_get {
+            let host = http.host.as_deref().and_then(|h| h.parse().ok()).or(pod_ip).ok_or("the pod has no IP")?;
+            let port = super::probes::port_of(c, &http.port)?;
+            let path = http.path.clone().unwrap_or_else(|| "/".into());
+            let https = http.scheme.as_deref() == Some("HTTPS");
+            let headers: Vec<(String, String)> =
+                http.http_headers.iter().flatten().map(|h| (h.name.clone(), h.value.clone())).collect();
+            let url = format!("{}://{host}:{port}{path}", if https { "https" } else { "http" });
+            match tokio::time::timeout(timeout, super::probes::http_get(host, port, &path, https, &headers)).await {
+                Ok(Ok(code)) if (200..400).contains(&code) => {}
+                Ok(Ok(code)) => return Err(format!("HTTP lifecycle hook ({path}) failed: {url} answered {code}")),
+                Ok(Err(e)) => return Err(format!("HTTP lifecycle hook ({path}) failed: Get \"{url}\": {e}")),
+                Err(_) => return Err(format!("HTTP lifecycle hook ({path}) failed: Get \"{url}\": timed out")),
+            }
         } else if let Some(sleep) = &hook.sleep {
             tokio::time::sleep(Duration::from_secs(sleep.seconds.max(0) as u64).min(timeout)).await;
-        } else if hook.http_get.is_some() || hook.tcp_socket.is_some() {
-            return Err("httpGet and tcpSocket hooks are not supported by this node yet".into());
+        } else if hook.tcp_socket.is_some() {
+            return Err("invalid handler: tcpSocket lifecycle hooks are not supported".into());
         }
         Ok(())
     }
@@ -921,12 +1028,16 @@ impl Worker {
             let id = oc.id.clone();
             let cri = self.ctx.cri.clone();
             let me = &*self;
+            let container =
+                spec.containers.iter().chain(spec.init_containers.iter().flatten()).find(|c| c.name == name);
+            let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|i| i.parse().ok());
             stops.push(async move {
                 let started = tokio::time::Instant::now();
                 let total = Duration::from_secs(grace.max(0) as u64);
                 if let Some(hook) = hook
+                    && let Some(container) = container
                     && grace > 0
-                    && let Err(e) = me.run_hook(&id, &hook, total).await
+                    && let Err(e) = me.run_hook(&id, container, &hook, ip, total).await
                 {
                     tracing::debug!(container = %name, error = %e, "preStop hook failed");
                 }
@@ -1027,6 +1138,7 @@ impl Worker {
             initialized,
             terminal: self.terminal,
             start_time: self.start_time.clone(),
+            killed: self.killed.as_ref(),
         };
         let new = status::compute(&inputs);
         if self.last_posted.as_ref() == Some(&new) {
@@ -1089,18 +1201,28 @@ pub async fn remove_pod(ctx: &Ctx, uid: &str, obs: &Observed) {
     }
 }
 
-/// The termination message an exited container wrote to its termination-log mount.
+/// The termination message of an exited container: what it wrote to its termination-log
+/// mount, or, with `FallbackToLogsOnError` and a failure, the end of its log (80 lines, at
+/// most 2 KiB), as upstream.
 fn termination_message(s: &proto::ContainerStatus) -> String {
     let path =
         s.annotations.get(spec::ANNOTATION_TERMINATION_PATH).cloned().unwrap_or_else(|| "/dev/termination-log".into());
-    let Some(m) = s.mounts.iter().find(|m| m.container_path == path) else { return s.message.clone() };
-    match std::fs::read(&m.host_path) {
-        Ok(mut bytes) if !bytes.is_empty() => {
-            bytes.truncate(MAX_TERMINATION_MESSAGE);
-            String::from_utf8_lossy(&bytes).into_owned()
-        }
-        _ => s.message.clone(),
+    if let Some(m) = s.mounts.iter().find(|m| m.container_path == path)
+        && let Ok(mut bytes) = std::fs::read(&m.host_path)
+        && !bytes.is_empty()
+    {
+        bytes.truncate(MAX_TERMINATION_MESSAGE);
+        return String::from_utf8_lossy(&bytes).into_owned();
     }
+    let fallback =
+        s.annotations.get(spec::ANNOTATION_TERMINATION_POLICY).map(String::as_str) == Some("FallbackToLogsOnError");
+    if fallback && s.exit_code != 0 && !s.log_path.is_empty() {
+        let log = crate::agent::kubelet_api::log_tail(std::path::Path::new(&s.log_path), 80, 2048);
+        if !log.is_empty() {
+            return log;
+        }
+    }
+    s.message.clone()
 }
 
 fn key(pod: &Pod) -> String {
