@@ -156,7 +156,7 @@ fn logs_exec_attach_and_port_forward_reach_real_containers() {
         ("memory.workingSetBytes", &node["memory"]["workingSetBytes"]),
         ("memory.availableBytes", &node["memory"]["availableBytes"]),
         ("fs.capacityBytes", &node["fs"]["capacityBytes"]),
-        ("runtime.imageFs.usedBytes", &node["runtime"]["imageFs"]["usedBytes"]),
+        ("runtime.imageFs.capacityBytes", &node["runtime"]["imageFs"]["capacityBytes"]),
         ("rlimit.curproc", &node["rlimit"]["curproc"]),
     ] {
         assert!(v.as_u64().is_some_and(|n| n > 0), "node {path} in {node}");
