@@ -300,16 +300,7 @@ impl Worker {
             // Finished before this agent started: keep it finished.
             self.terminal = if phase == Some("Succeeded") { Some("Succeeded") } else { Some("Failed") };
         }
-        if self.terminal.is_none() {
-            if let Some(k) = self.ctx.take_eviction(&self.uid) {
-                self.event(pod, None, EventType::Warning, "Evicted", k.message.clone());
-                self.kill(k);
-            } else if deadline_left(pod, &self.start_time).is_some_and(|d| d.is_zero()) {
-                let message = "Pod was active on the node longer than the specified deadline";
-                self.event(pod, None, EventType::Normal, "DeadlineExceeded", message.into());
-                self.kill(Killed { reason: "DeadlineExceeded".into(), message: message.into(), disruption: false });
-            }
-        }
+        self.end_if_evicted_or_past_deadline(pod);
         if self.terminal.is_some() {
             self.stop_all(pod, &obs, 0).await;
             for s in obs.sandboxes.iter().filter(|s| s.state == proto::PodSandboxState::SandboxReady as i32) {
@@ -451,16 +442,7 @@ impl Worker {
                 self.terminal = Some(self.finished_phase(pod, &statuses));
             }
         }
-        if self.terminal.is_none() {
-            if let Some(k) = self.ctx.take_eviction(&self.uid) {
-                self.event(pod, None, EventType::Warning, "Evicted", k.message.clone());
-                self.kill(k);
-            } else if deadline_left(pod, &self.start_time).is_some_and(|d| d.is_zero()) {
-                let message = "Pod was active on the node longer than the specified deadline";
-                self.event(pod, None, EventType::Normal, "DeadlineExceeded", message.into());
-                self.kill(Killed { reason: "DeadlineExceeded".into(), message: message.into(), disruption: false });
-            }
-        }
+        self.end_if_evicted_or_past_deadline(pod);
         if self.terminal.is_some() {
             self.stop_all(pod, &obs, 0).await;
             let _ = runtime::stop_sandbox(&self.ctx.cri, &sandbox.id).await;
@@ -793,9 +775,25 @@ impl Worker {
         true
     }
 
-    /// Ends the pod for a reason of the agent's own: it is stopped and reported Failed.
-    fn kill(&mut self, k: Killed) {
-        self.killed = Some(k);
+    /// Ends the pod for a reason of the agent's own, if one holds: the eviction manager chose
+    /// it, or its `activeDeadlineSeconds` ran out. It is then stopped and reported Failed.
+    /// Looked at before and after the containers are brought up, so an eviction marked
+    /// during a sync is reported by that sync.
+    fn end_if_evicted_or_past_deadline(&mut self, pod: &Pod) {
+        if self.terminal.is_some() {
+            return;
+        }
+        let killed = if let Some(k) = self.ctx.take_eviction(&self.uid) {
+            self.event(pod, None, EventType::Warning, "Evicted", k.message.clone());
+            k
+        } else if deadline_left(pod, &self.start_time).is_some_and(|d| d.is_zero()) {
+            let message = "Pod was active on the node longer than the specified deadline";
+            self.event(pod, None, EventType::Normal, "DeadlineExceeded", message.into());
+            Killed { reason: "DeadlineExceeded".into(), message: message.into(), disruption: false }
+        } else {
+            return;
+        };
+        self.killed = Some(killed);
         self.terminal = Some("Failed");
     }
 
