@@ -484,14 +484,7 @@ async fn upgrade(
     *out.headers_mut() = std::mem::take(resp.headers_mut());
     let shutdown = server.shutdown.clone();
     tokio::spawn(async move {
-        let (client, backend) = match tokio::try_join!(client_upgrade, backend_upgrade) {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(error = %e, "stream upgrade failed");
-                return;
-            }
-        };
-        let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+        let Some((mut client, mut backend)) = both_upgraded(client_upgrade, backend_upgrade).await else { return };
         tokio::select! {
             r = tokio::io::copy_bidirectional(&mut client, &mut backend) => if let Err(e) = r {
                 tracing::debug!(error = %e, "stream ended with an error");
@@ -527,6 +520,38 @@ async fn send_upgrade(
         .map_err(|e| ApiError::internal(format!("error proxying to the kubelet: {e}")))?;
     let upgrade = hyper::upgrade::on(&mut resp);
     Ok((resp, upgrade))
+}
+
+/// Waits until both the client's and the kubelet's connections have switched protocols;
+/// `None` (logged) when either failed.
+async fn both_upgraded(
+    client: OnUpgrade,
+    backend: OnUpgrade,
+) -> Option<(TokioIo<hyper::upgrade::Upgraded>, TokioIo<hyper::upgrade::Upgraded>)> {
+    match tokio::try_join!(client, backend) {
+        Ok((c, b)) => Some((TokioIo::new(c), TokioIo::new(b))),
+        Err(e) => {
+            tracing::debug!(error = %e, "stream upgrade failed");
+            None
+        }
+    }
+}
+
+/// A WebSocket request's upgrade, and its headers turned into an SPDY upgrade request's for
+/// the kubelet (the WebSocket handshake headers dropped).
+fn spdy_request_from_websocket(parts: &mut http::request::Parts) -> Result<(OnUpgrade, HeaderMap), ApiError> {
+    let Some(client_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+        return Err(ApiError::bad_request("Upgrade request required"));
+    };
+    let mut headers = HeaderMap::new();
+    for (k, v) in parts.headers.iter() {
+        if !k.as_str().starts_with("sec-websocket-") && k != header::UPGRADE && k != header::CONNECTION {
+            headers.append(k, v.clone());
+        }
+    }
+    headers.insert(header::UPGRADE, http::HeaderValue::from_static("SPDY/3.1"));
+    headers.insert(header::CONNECTION, http::HeaderValue::from_static("Upgrade"));
+    Ok((client_upgrade, headers))
 }
 
 /// A kubelet's non-upgrade answer to an upgrade request, as it is.

@@ -7,9 +7,7 @@
 //! `Status`), 4 resize, and in v5 255 = close the channel named by the next byte. Each
 //! channel becomes an SPDY stream whose `streamtype` header names it.
 
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
+use http::{HeaderValue, Method, Response, StatusCode};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -71,18 +69,7 @@ pub async fn exec(
     streams: Streams,
     shutdown: CancellationToken,
 ) -> Result<Response<Body>, ApiError> {
-    let Some(client_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
-        return Err(ApiError::bad_request("Upgrade request required"));
-    };
-    let mut headers = HeaderMap::new();
-    for (k, v) in parts.headers.iter() {
-        let n = k.as_str();
-        if !n.starts_with("sec-websocket-") && k != header::UPGRADE && k != header::CONNECTION {
-            headers.append(k, v.clone());
-        }
-    }
-    headers.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    let (client_upgrade, mut headers) = super::spdy_request_from_websocket(parts)?;
     headers.insert("x-stream-protocol-version", HeaderValue::from_static(V4_PROTOCOL));
     let (resp, backend_upgrade) = send_upgrade(kubelets, target, path, &Method::POST, &headers).await?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -93,15 +80,9 @@ pub async fn exec(
     let out = websocket::handshake(&parts.headers, V5_PROTOCOL)?;
     tracing::debug!(%path, "remote command: WebSocket v5 translated to SPDY");
     tokio::spawn(async move {
-        let (client, backend) = match tokio::try_join!(client_upgrade, backend_upgrade) {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(error = %e, "stream upgrade failed");
-                return;
-            }
-        };
+        let Some((client, backend)) = super::both_upgraded(client_upgrade, backend_upgrade).await else { return };
         tokio::select! {
-            _ = session(TokioIo::new(client), TokioIo::new(backend), streams) => {}
+            _ = session(client, backend, streams) => {}
             _ = shutdown.cancelled() => {}
         }
     });

@@ -5,8 +5,6 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -201,18 +199,7 @@ pub async fn tunnel(
     protocols: &[String],
     shutdown: CancellationToken,
 ) -> Result<Response<Body>, ApiError> {
-    let Some(client_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
-        return Err(ApiError::bad_request("Upgrade request required"));
-    };
-    let mut headers = HeaderMap::new();
-    for (k, v) in parts.headers.iter() {
-        let n = k.as_str();
-        if !n.starts_with("sec-websocket-") && k != header::UPGRADE && k != header::CONNECTION {
-            headers.append(k, v.clone());
-        }
-    }
-    headers.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    let (client_upgrade, mut headers) = super::spdy_request_from_websocket(parts)?;
     headers.remove("x-stream-protocol-version");
     for p in protocols {
         if let Ok(v) = HeaderValue::from_str(p) {
@@ -228,16 +215,10 @@ pub async fn tunnel(
     let out = handshake(&parts.headers, &protocol)?;
     tracing::debug!(%path, "port-forward: SPDY tunnelled in WebSocket");
     tokio::spawn(async move {
-        let (client, backend) = match tokio::try_join!(client_upgrade, backend_upgrade) {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(error = %e, "stream upgrade failed");
-                return;
-            }
-        };
-        let (client_r, client_w) = tokio::io::split(TokioIo::new(client));
+        let Some((client, backend)) = super::both_upgraded(client_upgrade, backend_upgrade).await else { return };
+        let (client_r, client_w) = tokio::io::split(client);
         let mut client_r = Reader::new(client_r);
-        let (mut backend_r, mut backend_w) = tokio::io::split(TokioIo::new(backend));
+        let (mut backend_r, mut backend_w) = tokio::io::split(backend);
         let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
         let writer = tokio::spawn(write_frames(client_w, rx));
         let to_client = {
