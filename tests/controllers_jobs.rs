@@ -116,8 +116,10 @@ fn parallel_job_runs_at_most_parallelism_pods_until_completions() {
     let c = cluster("jobs-parallel");
     let s = &c.server;
     let ns = "jobs-parallel";
-    s.apply(&job_manifest(ns, "five", "  completions: 5\n  parallelism: 2", ""));
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Each pod runs 3 s, so two running at once stay visible for seconds even when every
+    // kubectl call below takes long on a loaded machine.
+    s.apply(&job_manifest(ns, "five", "  completions: 5\n  parallelism: 2", "sim.skiff.io/run-for: 3s"));
+    let deadline = Instant::now() + Duration::from_secs(90);
     let mut most_active = 0;
     loop {
         let active = pods(s, ns, "job-name=five").iter().filter(|p| is_active(p)).count();
