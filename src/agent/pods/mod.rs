@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::runtime::watcher;
@@ -55,6 +56,9 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
     }
     let mut relist = tokio::time::interval(RELIST);
     relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The runtime is listed while pods go on being dispatched: under load a listing takes
+    // long enough to hold up new pods.
+    let mut listing: Option<BoxFuture<'static, Result<runtime::Observed, String>>> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -81,9 +85,16 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
                     }
                 }
             }
-            _ = relist.tick() => {
+            _ = relist.tick(), if listing.is_none() => {
+                let ctx = ctx.clone();
+                listing = Some(Box::pin(async move { runtime::everything(&ctx.cri).await }));
+            }
+            all = async { listing.as_mut().expect("guarded").await }, if listing.is_some() => {
+                listing = None;
                 workers.retain(|_, h| !h.task.is_finished());
-                relist_runtime(&ctx, &informer, &workers, &mut fingerprints).await;
+                if let Ok(all) = all {
+                    relist_runtime(&ctx, &informer, &workers, &mut fingerprints, all).await;
+                }
             }
         }
     }
@@ -108,15 +119,15 @@ fn dispatch(ctx: &Arc<Ctx>, workers: &mut HashMap<String, Handle>, pod: Arc<Pod>
     workers.insert(uid, Handle { updates: tx, wake, task });
 }
 
-/// Relists the runtime: wakes the worker of every pod whose containers changed state, and
+/// Takes in a listing of the runtime: wakes the worker of every pod whose containers changed state, and
 /// removes what belongs to no pod of this node.
 async fn relist_runtime(
     ctx: &Arc<Ctx>,
     informer: &Informer<Pod>,
     workers: &HashMap<String, Handle>,
     fingerprints: &mut BTreeMap<String, String>,
+    all: runtime::Observed,
 ) {
-    let Ok(all) = runtime::everything(&ctx.cri).await else { return };
     let mut now: BTreeMap<String, String> = BTreeMap::new();
     let uid_of = |labels: &std::collections::HashMap<String, String>| labels.get(spec::LABEL_POD_UID).cloned();
     for s in &all.sandboxes {

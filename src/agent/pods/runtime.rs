@@ -84,22 +84,38 @@ pub async fn container_status(cri: &CriClient, id: &str) -> Result<proto::Contai
         .ok_or_else(|| format!("no status for container {id}"))
 }
 
-/// The sandbox's IP addresses.
-pub async fn sandbox_ips(cri: &CriClient, id: &str) -> Vec<String> {
-    let Ok(resp) = cri
+/// The sandbox as a listing shows it, with its IP addresses, from one status call.
+pub async fn sandbox(cri: &CriClient, id: &str) -> Result<(proto::PodSandbox, Vec<String>), String> {
+    let st = cri
         .runtime()
         .pod_sandbox_status(proto::PodSandboxStatusRequest { pod_sandbox_id: id.to_string(), verbose: false })
         .await
-    else {
-        return Vec::new();
-    };
-    let Some(net) = resp.into_inner().status.and_then(|s| s.network) else { return Vec::new() };
+        .map_err(|e| e.message().to_string())?
+        .into_inner()
+        .status
+        .ok_or_else(|| format!("no status for sandbox {id}"))?;
     let mut ips = Vec::new();
-    if !net.ip.is_empty() {
-        ips.push(net.ip);
+    if let Some(net) = st.network {
+        if !net.ip.is_empty() {
+            ips.push(net.ip);
+        }
+        ips.extend(net.additional_ips.into_iter().map(|i| i.ip));
     }
-    ips.extend(net.additional_ips.into_iter().map(|i| i.ip));
-    ips
+    let sandbox = proto::PodSandbox {
+        id: st.id,
+        metadata: st.metadata,
+        state: st.state,
+        created_at: st.created_at,
+        labels: st.labels,
+        annotations: st.annotations,
+        runtime_handler: st.runtime_handler,
+    };
+    Ok((sandbox, ips))
+}
+
+/// The sandbox's IP addresses (none when its status cannot be read).
+pub async fn sandbox_ips(cri: &CriClient, id: &str) -> Vec<String> {
+    sandbox(cri, id).await.map(|(_, ips)| ips).unwrap_or_default()
 }
 
 /// Stops a container, giving it `grace` to exit after SIGTERM.

@@ -131,6 +131,9 @@ pub struct Worker {
     started: HashMap<String, bool>,
 }
 
+/// A sandbox with its IP addresses.
+type Sandbox = (proto::PodSandbox, Vec<String>);
+
 fn restart_policy(pod: &Pod) -> &str {
     pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always")
 }
@@ -311,10 +314,14 @@ impl Worker {
             return Duration::from_secs(60);
         }
         let mut next = RESYNC;
-        let sandbox = match obs.ready_sandbox() {
-            Some(s) => s.clone(),
+        let mut obs = obs;
+        let (sandbox, pod_ips) = match obs.ready_sandbox() {
+            Some(s) => (s.clone(), runtime::sandbox_ips(&self.ctx.cri, &s.id).await),
             None => match self.new_sandbox(pod, &obs).await {
-                Ok(Some(s)) => s,
+                Ok(Some((s, ips))) => {
+                    obs.sandboxes.insert(0, s.clone());
+                    (s, ips)
+                }
                 Ok(None) => {
                     // restartPolicy Never and the sandbox died after the containers ran.
                     let statuses = self.instance_statuses(&obs).await;
@@ -329,13 +336,20 @@ impl Worker {
             },
         };
         let sandbox_config = self.sandbox_config(pod, sandbox.metadata.as_ref().map(|m| m.attempt).unwrap_or(0));
-        let pod_ips = runtime::sandbox_ips(&self.ctx.cri, &sandbox.id).await;
         self.write_hosts(pod, &pod_ips);
         if self.volumes_at.is_none_or(|t| t.elapsed() >= RESYNC) {
             match volumes::prepare(&self.ctx.client, pod, &self.ctx.pod_dir(&self.uid)).await {
                 Ok(v) => {
                     self.volumes = v;
                     self.volumes_at = Some(tokio::time::Instant::now());
+                }
+                Err(e)
+                    if self.volumes_at.is_none() && !obs.containers.iter().any(|c| c.pod_sandbox_id == sandbox.id) =>
+                {
+                    // Nothing runs in this sandbox yet: no container starts without its volumes.
+                    self.failed_mount(pod, e);
+                    self.report(pod, &obs, true, &pod_ips, false).await;
+                    return Duration::from_secs(2);
                 }
                 Err(e) => tracing::debug!(pod = %key(pod), error = %e, "cannot refresh volumes"),
             }
@@ -584,8 +598,9 @@ impl Worker {
         spec::sandbox_config(pod, attempt, &self.ctx.log_dir(pod), dns, self.ctx.driver)
     }
 
-    /// Creates a new sandbox after stopping any old one. `Ok(None)`: none should be created.
-    async fn new_sandbox(&mut self, pod: &Pod, obs: &Observed) -> Result<Option<proto::PodSandbox>, Duration> {
+    /// Creates a new sandbox after stopping any old one, and sets up the pod's volumes; returns
+    /// the sandbox with its IP addresses. `Ok(None)`: none should be created.
+    async fn new_sandbox(&mut self, pod: &Pod, obs: &Observed) -> Result<Option<Sandbox>, Duration> {
         let ran_before = !obs.containers.is_empty();
         if ran_before && restart_policy(pod) == "Never" {
             return Ok(None);
@@ -605,31 +620,19 @@ impl Worker {
                 "Pod sandbox changed, it will be killed and re-created.".into(),
             );
         }
-        let pod_dir = self.ctx.pod_dir(&self.uid);
-        match volumes::prepare(&self.ctx.client, pod, &pod_dir).await {
-            Ok(v) => {
-                self.volumes = v;
-                self.volumes_at = Some(tokio::time::Instant::now());
-            }
-            Err(e) => {
-                self.set_all_waiting(pod, "ContainerCreating", "");
-                self.event_once(format!("mount/{e}"), pod, None, EventType::Warning, "FailedMount", e);
-                return Err(Duration::from_secs(2));
-            }
-        }
         let attempt =
             obs.sandboxes.iter().filter_map(|s| s.metadata.as_ref()).map(|m| m.attempt + 1).max().unwrap_or(0);
         let config = self.sandbox_config(pod, attempt);
         let _ = std::fs::create_dir_all(&config.log_directory);
         let req = proto::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() };
-        match self.ctx.cri.runtime().run_pod_sandbox(req).await {
-            Ok(resp) => {
-                let id = resp.into_inner().pod_sandbox_id;
-                self.said.retain(|k| !k.starts_with("sandbox-failed/"));
-                let fresh = runtime::observe(&self.ctx.cri, &self.uid).await.map_err(|_| Duration::from_secs(1))?;
-                Ok(fresh.sandboxes.into_iter().find(|s| s.id == id))
-                    .and_then(|s| s.map(Some).ok_or(Duration::from_secs(1)))
-            }
+        // The volumes are written while the runtime builds the sandbox: neither needs the
+        // other, and the sandbox (network set-up included) is most of a pod's start.
+        let ctx = self.ctx.clone();
+        let pod_dir = ctx.pod_dir(&self.uid);
+        let mut rt = ctx.cri.runtime();
+        let (volumes, created) = tokio::join!(volumes::prepare(&ctx.client, pod, &pod_dir), rt.run_pod_sandbox(req));
+        let id = match created {
+            Ok(resp) => resp.into_inner().pod_sandbox_id,
             Err(e) => {
                 let msg = format!("Failed to create pod sandbox: {}", e.message());
                 self.set_all_waiting(pod, "ContainerCreating", "");
@@ -641,9 +644,29 @@ impl Worker {
                     "FailedCreatePodSandBox",
                     msg,
                 );
-                Err(Duration::from_secs(5))
+                return Err(Duration::from_secs(5));
+            }
+        };
+        self.said.retain(|k| !k.starts_with("sandbox-failed/"));
+        match volumes {
+            Ok(v) => {
+                self.volumes = v;
+                self.volumes_at = Some(tokio::time::Instant::now());
+            }
+            // The sandbox stays; the next sync finds it ready and retries the volumes.
+            Err(e) => {
+                self.failed_mount(pod, e);
+                return Err(Duration::from_secs(2));
             }
         }
+        let (sandbox, ips) = runtime::sandbox(&self.ctx.cri, &id).await.map_err(|_| Duration::from_secs(1))?;
+        Ok(Some((sandbox, ips)))
+    }
+
+    /// The pod's volumes cannot be set up: its containers wait, with an event saying why.
+    fn failed_mount(&mut self, pod: &Pod, e: String) {
+        self.set_all_waiting(pod, "ContainerCreating", "");
+        self.event_once(format!("mount/{e}"), pod, None, EventType::Warning, "FailedMount", e);
     }
 
     fn set_all_waiting(&mut self, pod: &Pod, reason: &str, message: &str) {
