@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 /// full when the informer starts (~48 bytes a slot), and a process runs a score of informers,
 /// so only pods, which change by the thousand when workloads roll, get a deep one.
 const CHANGE_BUFFER: usize = 1024;
-/// The change buffer of the pod informer: a resync there costs every pod-watching controller a
+/// The change buffer of an informer of all pods: a resync there costs every pod-watching controller a
 /// pass over all pods, so it should not happen while 10,000 pods are created.
 const POD_CHANGE_BUFFER: usize = 16 * 1024;
 
@@ -130,7 +130,9 @@ where
     /// Starts watching `api` until `cancel` fires.
     pub fn spawn(api: Api<K>, config: watcher::Config, cancel: CancellationToken) -> Arc<Self> {
         let (store, mut writer) = reflector::store::<K>();
-        let buffer = if K::kind(&()) == "Pod" && K::group(&()).is_empty() { POD_CHANGE_BUFFER } else { CHANGE_BUFFER };
+        // A field-selected pod informer (an agent's, of one node's pods) sees few pods.
+        let all_pods = K::kind(&()) == "Pod" && K::group(&()).is_empty() && config.field_selector.is_none();
+        let buffer = if all_pods { POD_CHANGE_BUFFER } else { CHANGE_BUFFER };
         let (changes, _) = broadcast::channel(buffer);
         let informer = Arc::new(Informer {
             store,
