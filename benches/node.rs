@@ -40,6 +40,16 @@ fn rss_mib(pid: u32) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// `VmRSS`, `RssAnon` and `RssFile` of a process, for the log.
+fn rss_parts(pid: u32) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .filter(|l| l.starts_with("VmRSS:") || l.starts_with("RssAnon:") || l.starts_with("RssFile:"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -227,6 +237,7 @@ fn main() {
                 .expect("watch");
             tokio::time::sleep(Duration::from_secs(10)).await;
             let agent_idle = rss_mib(agent_pid);
+            eprintln!("agent idle: {}", rss_parts(agent_pid));
             let containerd_idle = rss_mib(containerd_pid);
 
             let cri = CriClient::connect(&socket, Duration::from_secs(10)).await.expect("CRI");
@@ -258,6 +269,7 @@ fn main() {
             futures::future::join_all(names.iter().map(|n| wait_ready(&pods, n))).await;
             let all = t.elapsed();
             let agent_busy = rss_mib(agent_pid);
+            eprintln!("agent with {PODS} pods: {}", rss_parts(agent_pid));
             let containerd_busy = rss_mib(containerd_pid);
             delete_all(&pods, &names).await;
             (floor, single_p50, single, all, agent_idle, containerd_idle, agent_busy, containerd_busy)
@@ -269,6 +281,8 @@ fn main() {
     // A restarted agent: how soon does its node post Ready again?
     drop(agent);
     let before = b.ok(&["get", "node", "box", "-o", HEARTBEAT]);
+    // Heartbeat times have whole seconds: the next post must fall in a later second to be seen.
+    std::thread::sleep(Duration::from_millis(1100));
     let t = Instant::now();
     let agent = start_agent(&b);
     b.wait_for("the restarted agent's node status", Duration::from_secs(30), |b| {
@@ -280,6 +294,7 @@ fn main() {
     // The whole server (control plane and agent) restarted on its data dir.
     drop(agent);
     let before = b.ok(&["get", "node", "box", "-o", HEARTBEAT]);
+    std::thread::sleep(Duration::from_millis(1100));
     b.terminate();
     b.extra.clear();
     let t = Instant::now();
