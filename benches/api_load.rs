@@ -305,6 +305,9 @@ fn main() {
         idle_rss as f64 / 1024.0,
         loaded_rss as f64 / 1024.0
     );
+    // Idle blocking threads end after 10 s, and what their heaps held with them.
+    std::thread::sleep(Duration::from_secs(12));
+    eprintln!("  (server RSS 12 s after the load: {:.1} MiB)", rss_kib(pid) as f64 / 1024.0);
 
     // Start to ready on an existing data dir.
     let mut starts = Vec::new();

@@ -23,17 +23,18 @@ pub fn encode_record(create_rev: u64, mod_rev: u64, value: &[u8]) -> Vec<u8> {
 
 /// Decodes a record of `key`.
 pub fn decode_record(key: &str, raw: &[u8]) -> Result<KeyValue, StoreError> {
+    let (create_revision, mod_revision, value) = split_record(raw)?;
+    Ok(KeyValue { key: key.to_string(), value: Bytes::copy_from_slice(value), create_revision, mod_revision })
+}
+
+/// A stored record's create revision, mod revision and value.
+pub fn split_record(raw: &[u8]) -> Result<(u64, u64, &[u8]), StoreError> {
     if raw.len() < 16 {
         return Err(corrupt("record"));
     }
     let create = u64::from_le_bytes(raw[0..8].try_into().map_err(|_| corrupt("record"))?);
     let modr = u64::from_le_bytes(raw[8..16].try_into().map_err(|_| corrupt("record"))?);
-    Ok(KeyValue {
-        key: key.to_string(),
-        value: Bytes::copy_from_slice(&raw[16..]),
-        create_revision: create,
-        mod_revision: modr,
-    })
+    Ok((create, modr, &raw[16..]))
 }
 
 struct Reader<'a> {

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-use super::history::{decode_event, decode_record, encode_event, encode_record};
+use super::history::{decode_event, decode_record, encode_event, encode_record, split_record};
 use super::watch_hub::{Hub, Watch};
 use super::{Datastore, Event, EventKind, KeyValue, RangeResult, StoreError, StoreOptions};
 
@@ -42,8 +42,15 @@ enum Op {
     Compact(u64, oneshot::Sender<Result<(), StoreError>>),
 }
 
+/// A read run on the lister thread.
+type Job = Box<dyn FnOnce() + Send>;
+
 /// The redb-backed datastore.
 pub struct RedbStore {
+    /// Whole-prefix ranges (lists without a limit) run on one thread of their own, see
+    /// [`RedbStore::list_read`]. Taken on close.
+    lister: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    lister_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Taken on close, so the file is released once in-flight reads finish.
     db: Mutex<Option<Arc<Database>>>,
     queue: Mutex<Option<std::sync::mpsc::Sender<Op>>>,
@@ -94,7 +101,19 @@ impl RedbStore {
                 .spawn(move || writer_loop(db, rx, hub, revision, compacted, commits, max_batch))
                 .map_err(backend)?
         };
+        let (lister, jobs) = std::sync::mpsc::channel::<Job>();
+        let lister_thread = std::thread::Builder::new()
+            .name("skiff-store-lister".into())
+            .spawn(move || {
+                for job in jobs {
+                    // A read that panics fails its request (its reply is dropped), not the thread.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })
+            .map_err(backend)?;
         let store = Arc::new(RedbStore {
+            lister: Mutex::new(Some(lister)),
+            lister_thread: Mutex::new(Some(lister_thread)),
             db: Mutex::new(Some(db)),
             queue: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
@@ -153,6 +172,26 @@ impl RedbStore {
     {
         let db = lock(&self.db).clone().ok_or(StoreError::Closed)?;
         tokio::task::spawn_blocking(move || f(&db)).await.map_err(backend)?
+    }
+
+    /// Runs a read of a whole prefix on the lister thread. Such a read goes through tens of
+    /// MiB of pages and values; on the blocking pool each one ran on whichever idle thread
+    /// woke, and what other threads later freed of it stayed in that thread's heap until the
+    /// thread ended, 10 s on: seven lists of 10,000 pods in a row left ~350 MiB resident
+    /// (BENCHMARKS.md). On one thread the next list reuses the last one's memory. Lists
+    /// without a limit wait for each other; paged lists, gets and watches do not.
+    async fn list_read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = lock(&self.db).clone().ok_or(StoreError::Closed)?;
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f(&db));
+        });
+        lock(&self.lister).as_ref().ok_or(StoreError::Closed)?.send(job).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 }
 
@@ -360,19 +399,38 @@ fn range_blocking(
     };
     let mut out = RangeResult { revision: at_rev, ..Default::default() };
     if at_rev == snap {
+        // The values are copied into one buffer that the items share, rather than one
+        // allocation each: a list of 10,000 pods is then one block to free, wherever the
+        // response is finished, instead of 10,000 freed on another thread than the one that
+        // allocated them, which the allocator kept (see BENCHMARKS.md, API server).
+        let mut values: Vec<u8> = Vec::new();
+        let mut found: Vec<(String, std::ops::Range<usize>, u64, u64)> = Vec::new();
         for entry in kv.range::<&str>((lower, Bound::Unbounded)).map_err(backend)? {
             let (k, v) = entry.map_err(backend)?;
             let key = k.value();
             if !key.starts_with(prefix) {
                 break;
             }
-            if limit > 0 && out.kvs.len() >= limit {
+            if limit > 0 && found.len() >= limit {
                 out.more = true;
                 out.remaining += 1;
                 continue;
             }
-            out.kvs.push(decode_record(key, v.value())?);
+            let (create, modr, value) = split_record(v.value())?;
+            let start = values.len();
+            values.extend_from_slice(value);
+            found.push((key.to_string(), start..values.len(), create, modr));
         }
+        let values = Bytes::from(values);
+        out.kvs = found
+            .into_iter()
+            .map(|(key, range, create_revision, mod_revision)| KeyValue {
+                key,
+                value: values.slice(range),
+                create_revision,
+                mod_revision,
+            })
+            .collect();
         return Ok(out);
     }
     // A past revision: start from the live keys and undo every change made after it.
@@ -440,7 +498,8 @@ impl Datastore for RedbStore {
         at_revision: Option<u64>,
     ) -> Result<RangeResult, StoreError> {
         let (prefix, start_after) = (prefix.to_string(), start_after.map(String::from));
-        self.read(move |db| range_blocking(db, &prefix, start_after.as_deref(), limit, at_revision)).await
+        let read = move |db: &Database| range_blocking(db, &prefix, start_after.as_deref(), limit, at_revision);
+        if limit == 0 { self.list_read(read).await } else { self.read(read).await }
     }
 
     async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue, StoreError> {
@@ -522,6 +581,11 @@ impl Datastore for RedbStore {
     async fn close(&self) {
         self.stop_compactor.cancel();
         lock(&self.queue).take();
+        lock(&self.lister).take();
+        let lister = lock(&self.lister_thread).take();
+        if let Some(l) = lister {
+            let _ = tokio::task::spawn_blocking(move || l.join()).await;
+        }
         let writer = lock(&self.writer).take();
         if let Some(w) = writer {
             let _ = tokio::task::spawn_blocking(move || w.join()).await;
