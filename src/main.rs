@@ -10,18 +10,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     #[cfg(feature = "mimalloc")]
-    if std::env::args_os().nth(1).is_some_and(|a| a == "agent") {
-        agent_allocator();
-    }
+    allocator_options();
     std::process::exit(skiff::cli::run());
 }
 
-/// `skiff agent` allocates little after start-up, so it hands freed memory back at once rather
-/// than keeping it for reuse: freed pages are purged without mimalloc's usual 10 ms delay, and
-/// pages of exited threads (the blocking pool's, after image imports) are purged and reclaimed
-/// instead of left abandoned. Idle agent RSS: 15 MiB of heap against 6.6 (BENCHMARKS.md).
+/// Freed memory goes back to the system at once rather than being kept for reuse: freed pages
+/// are purged without mimalloc's usual 10 ms delay, and the pages of threads that ended (the
+/// blocking pool's) are purged and reclaimed instead of left abandoned. An idle agent held
+/// 15 MiB of heap without this and 6.6-11 MiB with it; a server right after the API benchmark
+/// 306 MiB against 206, with the same throughput (BENCHMARKS.md).
 #[cfg(feature = "mimalloc")]
-fn agent_allocator() {
+fn allocator_options() {
     // Option numbers of the mimalloc 2.x bundled by libmimalloc-sys 0.1.49 (`mi_option_e`).
     const ABANDONED_PAGE_PURGE: i32 = 12;
     const PURGE_DELAY: i32 = 15;
