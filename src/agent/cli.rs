@@ -19,7 +19,15 @@ pub fn run_blocking(flags: AgentFlags) -> i32 {
         eprintln!("skiff: the agent runs containers and must run as root");
         return 1;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("skiff-agent").build() {
+    // Blocking threads end after 1 s idle instead of 10: the agent uses them in bursts (image
+    // imports at start, file work per pod), and an idle one keeps what its heap held, ~4 MiB
+    // after the start-up imports (BENCHMARKS.md, node).
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("skiff-agent")
+        .thread_keep_alive(std::time::Duration::from_secs(1))
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("skiff: cannot start the async runtime: {e}");
