@@ -18,7 +18,7 @@ fn main() {
 /// are purged without mimalloc's usual 10 ms delay, and the pages of threads that ended (the
 /// blocking pool's) are purged and reclaimed instead of left abandoned. An idle agent held
 /// 15 MiB of heap without this and 6.6-11 MiB with it; a server right after the API benchmark
-/// 306 MiB against 206, with the same throughput (BENCHMARKS.md).
+/// 306 MiB against 187-206, with the same throughput (BENCHMARKS.md).
 #[cfg(feature = "mimalloc")]
 fn allocator_options() {
     // Option numbers of the mimalloc 2.x bundled by libmimalloc-sys 0.1.49 (`mi_option_e`).

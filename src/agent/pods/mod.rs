@@ -119,8 +119,8 @@ fn dispatch(ctx: &Arc<Ctx>, workers: &mut HashMap<String, Handle>, pod: Arc<Pod>
     workers.insert(uid, Handle { updates: tx, wake, task });
 }
 
-/// Takes in a listing of the runtime: wakes the worker of every pod whose containers changed state, and
-/// removes what belongs to no pod of this node.
+/// Takes in a listing of the runtime: wakes the worker of every pod whose containers changed
+/// state, and removes what belongs to no pod of this node.
 async fn relist_runtime(
     ctx: &Arc<Ctx>,
     informer: &Informer<Pod>,
