@@ -29,25 +29,26 @@ const FLOOR_ROUNDS: usize = 10;
 /// The node's last status post: its Ready condition's heartbeat time and status.
 const HEARTBEAT: &str = "jsonpath={.status.conditions[?(@.type==\"Ready\")].lastHeartbeatTime} {.status.conditions[?(@.type==\"Ready\")].status}";
 
-fn rss_mib(pid: u32) -> f64 {
+/// A `kB` field of `/proc/<pid>/status`, in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib: u64 = s
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     kib as f64 / 1024.0
 }
 
+fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS")
+}
+
 /// `VmRSS`, `RssAnon` and `RssFile` of a process, for the log.
 fn rss_parts(pid: u32) -> String {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .filter(|l| l.starts_with("VmRSS:") || l.starts_with("RssAnon:") || l.starts_with("RssFile:"))
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let [rss, anon, file] = ["VmRSS", "RssAnon", "RssFile"].map(|f| status_mib(pid, f));
+    format!("VmRSS {rss:.1} MiB, RssAnon {anon:.1} MiB, RssFile {file:.1} MiB")
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

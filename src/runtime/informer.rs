@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 /// full when the informer starts (~48 bytes a slot), and a process runs a score of informers,
 /// so only pods, which change by the thousand when workloads roll, get a deep one.
 const CHANGE_BUFFER: usize = 1024;
-/// The change buffer of an informer of all pods: a resync there costs every pod-watching controller a
-/// pass over all pods, so it should not happen while 10,000 pods are created.
+/// The change buffer of an informer of all pods: a resync there costs every pod-watching
+/// controller a pass over all pods, so it should not happen while 10,000 pods are created.
 const POD_CHANGE_BUFFER: usize = 16 * 1024;
 
 /// One change seen by an informer.
