@@ -129,6 +129,17 @@ where
 {
     /// Starts watching `api` until `cancel` fires.
     pub fn spawn(api: Api<K>, config: watcher::Config, cancel: CancellationToken) -> Arc<Self> {
+        Self::spawn_trimmed(api, config, None, cancel)
+    }
+
+    /// Like [`Informer::spawn`], with `trim` applied to every object before it is cached and
+    /// handed to subscribers (see [`Informers::trim`]).
+    pub fn spawn_trimmed(
+        api: Api<K>,
+        config: watcher::Config,
+        trim: Option<fn(&mut K)>,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
         let (store, mut writer) = reflector::store::<K>();
         // A field-selected pod informer (an agent's, of one node's pods) sees few pods.
         let all_pods = K::kind(&()) == "Pod" && K::group(&()).is_empty() && config.field_selector.is_none();
@@ -143,8 +154,15 @@ where
         let me = informer.clone();
         tokio::spawn(async move {
             // No component reads managedFields; dropping them halves what the cache holds.
-            let mut events =
-                watcher(api, config).default_backoff().modify(|o: &mut K| o.meta_mut().managed_fields = None).boxed();
+            let mut events = watcher(api, config)
+                .default_backoff()
+                .modify(move |o: &mut K| {
+                    o.meta_mut().managed_fields = None;
+                    if let Some(trim) = trim {
+                        trim(o);
+                    }
+                })
+                .boxed();
             loop {
                 let event = tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -281,11 +299,24 @@ pub struct Informers {
     client: Client,
     cancel: CancellationToken,
     started: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+    /// `fn(&mut K)` by the `TypeId` of `K`.
+    trims: Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
 }
 
 impl Informers {
     pub fn new(client: Client, cancel: CancellationToken) -> Arc<Self> {
-        Arc::new(Informers { client, cancel, started: Mutex::new(HashMap::new()) })
+        Arc::new(Informers { client, cancel, started: Mutex::new(HashMap::new()), trims: Mutex::new(HashMap::new()) })
+    }
+
+    /// Has the informer of `K` apply `trim` to every object before caching it, so a process
+    /// keeps only the fields its components read (client-go's informer transform). Set it
+    /// before the first [`Informers::get`] of `K`: an informer already started keeps whole
+    /// objects, and this says so in the log.
+    pub fn trim<K: Cached>(&self, trim: fn(&mut K)) {
+        if self.started.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&TypeId::of::<K>()) {
+            tracing::warn!(kind = %K::kind(&()), "informer already started; its objects are not trimmed");
+        }
+        self.trims.lock().unwrap_or_else(|p| p.into_inner()).insert(TypeId::of::<K>(), Box::new(trim));
     }
 
     /// The client the informers watch with.
@@ -301,7 +332,14 @@ impl Informers {
         }
         let api = Api::<K>::all(self.client.clone());
         tracing::debug!(kind = %K::kind(&()), "informer started");
-        let informer = Informer::spawn(api, watcher::Config::default(), self.cancel.child_token());
+        let trim = self
+            .trims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&TypeId::of::<K>())
+            .and_then(|t| t.downcast_ref::<fn(&mut K)>())
+            .copied();
+        let informer = Informer::spawn_trimmed(api, watcher::Config::default(), trim, self.cancel.child_token());
         started.insert(TypeId::of::<K>(), informer.clone());
         informer
     }

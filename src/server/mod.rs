@@ -193,6 +193,8 @@ fn start_components(
     let identity = format!("{hostname}_{:016x}", h.finish());
     let cm_client = inproc::client(api.clone(), "system:kube-controller-manager");
     let informers = crate::runtime::Informers::new(cm_client.clone(), shutdown.child_token());
+    // The scheduler and the controllers share this pod cache; see what it keeps there.
+    informers.trim::<k8s_openapi::api::core::v1::Pod>(controllers::pods::control_plane_view);
     let mut tasks = Vec::new();
 
     let ctx = Arc::new(controllers::Ctx {
