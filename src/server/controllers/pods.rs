@@ -10,13 +10,13 @@ use kube::Resource;
 
 /// What the control plane keeps of a pod in its shared cache (the scheduler and every
 /// controller read the same one): the fields they decide by, without the ones only a kubelet
-/// reads. With 10,000 pods cached this is a few KiB a pod less (a projected service-account
-/// volume alone is ~4 KiB as a typed struct). Kept: metadata (but the client-side
-/// `last-applied-configuration`), and every spec field but the ones below and status.
-/// Dropped: volumes other than persistent volume claims and generic ephemeral volumes, and of
-/// each container and init container its command, arguments, environment, mounts, probes, lifecycle hooks and
-/// security context. Components that need a whole pod read it from the API; nothing writes a
-/// cached pod back (pods are changed by patches).
+/// reads. Dropped: the client-side `last-applied-configuration` annotation; volumes other than
+/// persistent volume claims and generic ephemeral volumes; and of each container and init
+/// container its command, arguments, environment, mounts, probes, lifecycle hooks and
+/// security context. Everything else stays. With 10,000 pods cached this is a few KiB a pod
+/// less (a projected service-account volume alone is ~4 KiB as a typed struct). Components
+/// that need a whole pod read it from the API; nothing writes a cached pod back (pods are
+/// changed by patches).
 pub fn control_plane_view(pod: &mut Pod) {
     if let Some(a) = pod.metadata.annotations.as_mut() {
         a.remove(LAST_APPLIED);
