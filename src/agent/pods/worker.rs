@@ -129,6 +129,8 @@ pub struct Worker {
     /// Per container name: readiness and startedness of the running instance.
     ready: HashMap<String, bool>,
     started: HashMap<String, bool>,
+    /// Created instances the runtime refused to start; they are replaced, not started again.
+    launch_failed: HashSet<String>,
 }
 
 /// A sandbox with its IP addresses.
@@ -140,6 +142,10 @@ fn restart_policy(pod: &Pod) -> &str {
 
 fn is_running(s: &proto::ContainerStatus) -> bool {
     s.state == proto::ContainerState::ContainerRunning as i32
+}
+
+fn is_created(s: &proto::ContainerStatus) -> bool {
+    s.state == proto::ContainerState::ContainerCreated as i32
 }
 
 fn is_exited(s: &proto::ContainerStatus) -> bool {
@@ -194,6 +200,7 @@ impl Worker {
             probes: Default::default(),
             ready: HashMap::new(),
             started: HashMap::new(),
+            launch_failed: HashSet::new(),
         }
     }
 
@@ -380,6 +387,13 @@ impl Worker {
                         break;
                     }
                 }
+                Some(s) if is_created(s) && !self.launch_failed.contains(&s.id) => {
+                    started_any |= self.resume_created(pod, c, true, &s.id, &pod_ips).await;
+                    if !sidecar {
+                        initialized = false;
+                        break;
+                    }
+                }
                 Some(s) if s.exit_code == 0 && !sidecar && s.state == proto::ContainerState::ContainerExited as i32 => {
                 }
                 Some(s) => {
@@ -421,6 +435,9 @@ impl Worker {
                     }
                     Some(s) if is_running(s) => {
                         self.waiting.remove(&c.name);
+                    }
+                    Some(s) if is_created(s) && !self.launch_failed.contains(&s.id) => {
+                        started_any |= self.resume_created(pod, c, false, &s.id, &pod_ips).await;
                     }
                     Some(s) => {
                         if !should_restart(&policy, s.exit_code) || !is_exited(s) {
@@ -777,11 +794,27 @@ impl Worker {
             }
         };
         self.event(pod, who, EventType::Normal, "Created", format!("Created container: {}", c.name));
+        self.launch(pod, c, init, id, pod_ips).await
+    }
+
+    /// Starts an instance that was created but never started (the agent stopped in between):
+    /// it is the same attempt, not a restart.
+    async fn resume_created(&mut self, pod: &Pod, c: &Container, init: bool, id: &str, pod_ips: &[String]) -> bool {
+        tracing::info!(pod = %key(pod), container = %c.name, id, "starting a container created before a restart");
+        self.launch(pod, c, init, id.to_string(), pod_ips).await
+    }
+
+    /// Starts a created instance and runs its postStart hook. Returns whether the runtime was
+    /// asked to start it (it then either runs or has exited with StartError).
+    async fn launch(&mut self, pod: &Pod, c: &Container, init: bool, id: String, pod_ips: &[String]) -> bool {
+        let who = Some((init, c.name.as_str()));
         if let Err(e) =
             self.ctx.cri.runtime().start_container(proto::StartContainerRequest { container_id: id.clone() }).await
         {
             // The instance stays, exited with StartError; the next sync backs off and retries.
+            // Should the runtime leave it created instead, the next sync replaces it.
             self.event(pod, who, EventType::Warning, "Failed", format!("Error: {}", e.message()));
+            self.launch_failed.insert(id);
             self.waiting.remove(&c.name);
             return true;
         }
