@@ -119,7 +119,7 @@ pub fn decode_stored_metadata(stored: &[u8], rev: u64) -> Result<Value, ApiError
     }
     let m: MetadataOnly =
         serde_json::from_slice(stored).map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
-    let mut v = serde_json::json!({ "metadata": m.metadata });
+    let mut v = Value::Object(Map::from_iter([("metadata".to_string(), Value::Object(m.metadata))]));
     set_resource_version(&mut v, rev);
     Ok(v)
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{Response, header};
 use http_body_util::{BodyExt, StreamBody};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::api::meta;
 use crate::api::patch::{self, PatchKind};
@@ -64,7 +64,7 @@ impl Call<'_> {
                 }
                 Ok(response::json(status, &t))
             }
-            Output::Metadata { v1beta1 } => Ok(response::json(status, &partial_metadata(obj, v1beta1))),
+            Output::Metadata { v1beta1 } => Ok(response::json(status, &partial_metadata(obj.clone(), v1beta1))),
         }
     }
 
@@ -137,12 +137,25 @@ fn default_manager(user_agent: &str) -> String {
     if prog.is_empty() { "unknown".into() } else { prog.chars().take(128).collect() }
 }
 
-fn partial_metadata(obj: &Value, v1beta1: bool) -> Value {
-    json!({
-        "kind": "PartialObjectMetadata",
-        "apiVersion": if v1beta1 { "meta.k8s.io/v1beta1" } else { "meta.k8s.io/v1" },
-        "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
-    })
+/// An object as `PartialObjectMetadata`. Built by moving the metadata, not copying it: a
+/// `json!` with a value inside serializes that value afresh.
+fn partial_metadata(mut obj: Value, v1beta1: bool) -> Value {
+    let metadata = obj.get_mut("metadata").map(Value::take).unwrap_or_else(|| Value::Object(Map::new()));
+    let mut m = Map::new();
+    m.insert("kind".into(), "PartialObjectMetadata".into());
+    m.insert("apiVersion".into(), if v1beta1 { "meta.k8s.io/v1beta1" } else { "meta.k8s.io/v1" }.into());
+    m.insert("metadata".into(), metadata);
+    Value::Object(m)
+}
+
+/// A list object around `items`, which are moved in.
+fn list_object(kind: String, api_version: String, metadata: Value, items: Vec<Value>) -> Value {
+    let mut m = Map::new();
+    m.insert("kind".into(), kind.into());
+    m.insert("apiVersion".into(), api_version.into());
+    m.insert("metadata".into(), metadata);
+    m.insert("items".into(), Value::Array(items));
+    Value::Object(m)
 }
 
 /// GET of one object.
@@ -213,14 +226,13 @@ pub async fn list(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
                     Ok(response::json(200, &t))
                 }
                 Output::Metadata { v1beta1 } => {
-                    let items: Vec<Value> = items.iter().map(|o| partial_metadata(o, v1beta1)).collect();
-                    Ok(response::json(
-                        200,
-                        &json!({"kind": "PartialObjectMetadataList", "apiVersion": if v1beta1 { "meta.k8s.io/v1beta1" } else { "meta.k8s.io/v1" }, "metadata": list_meta, "items": items}),
-                    ))
+                    let items: Vec<Value> = items.into_iter().map(|o| partial_metadata(o, v1beta1)).collect();
+                    let api_version = if v1beta1 { "meta.k8s.io/v1beta1" } else { "meta.k8s.io/v1" };
+                    let list = list_object("PartialObjectMetadataList".into(), api_version.into(), list_meta, items);
+                    Ok(response::json(200, &list))
                 }
                 _ => {
-                    let v = json!({"kind": c.info.list_kind(), "apiVersion": c.info.api_version(), "metadata": list_meta, "items": items});
+                    let v = list_object(c.info.list_kind(), c.info.api_version(), list_meta, items);
                     Ok(response::with_body(200, "application/yaml", response::yaml_bytes(&v)))
                 }
             }
@@ -284,7 +296,7 @@ fn encode_watch_frame(info: &ResourceInfo, output: Output, include: IncludeObjec
                     }
                     t
                 }
-                Output::Metadata { v1beta1 } => partial_metadata(&object, v1beta1),
+                Output::Metadata { v1beta1 } => partial_metadata(object, v1beta1),
                 _ => object,
             };
             (kind, object)
@@ -303,8 +315,15 @@ fn encode_watch_frame(info: &ResourceInfo, output: Output, include: IncludeObjec
         }
         WatchFrame::Error(e) => ("ERROR", e.to_status()),
     };
-    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
-    line.push(b'\n');
+    // Written around the object rather than through `json!`, which would copy it first.
+    let mut line = Vec::with_capacity(512);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    if serde_json::to_writer(&mut line, &object).is_err() {
+        line.extend_from_slice(b"null");
+    }
+    line.extend_from_slice(b"}\n");
     Bytes::from(line)
 }
 
@@ -466,7 +485,8 @@ pub async fn delete_collection(c: &Call<'_>) -> Result<Response<Body>, ApiError>
             Err(e) => return Err(e),
         }
     }
-    let list = json!({"kind": c.info.list_kind(), "apiVersion": c.info.api_version(), "metadata": {"resourceVersion": c.server.objects.store.current_revision().to_string()}, "items": deleted});
+    let metadata = json!({"resourceVersion": c.server.objects.store.current_revision().to_string()});
+    let list = list_object(c.info.list_kind(), c.info.api_version(), metadata, deleted);
     Ok(response::json(200, &list))
 }
 

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::api::meta;
 use crate::api::patch::strategy::ListStrategy;
@@ -195,23 +195,27 @@ fn parse_fields(v: &Value, prefix: &mut Path, out: &mut BTreeSet<Path>) {
 
 /// Renders leaf paths as a `fieldsV1` tree.
 fn render_fields(paths: &BTreeSet<Path>) -> Value {
-    fn insert(node: &mut Map<String, Value>, path: &[String]) {
-        let Some((first, rest)) = path.split_first() else { return };
-        let key = if is_item(first) { first.clone() } else { format!("f:{first}") };
-        let entry = node.entry(key).or_insert_with(|| json!({}));
-        if rest.is_empty() {
-            return;
+    // Sorted paths sharing a first segment are neighbours, so each node of the tree is built
+    // once from its run of paths. Paths here are never empty.
+    fn node(paths: &[&[String]]) -> Map<String, Value> {
+        let mut out = Map::new();
+        let mut rest = paths;
+        while let Some((first, _)) = rest.first().and_then(|p| p.split_first()) {
+            let run = rest.iter().take_while(|p| p.first() == Some(first)).count();
+            let inner: Vec<&[String]> = rest[..run].iter().map(|p| &p[1..]).filter(|p| !p.is_empty()).collect();
+            let mut child = Map::new();
+            if !inner.is_empty() {
+                child.insert(".".into(), Value::Object(Map::new()));
+                child.extend(node(&inner));
+            }
+            let key = if is_item(first) { first.clone() } else { format!("f:{first}") };
+            out.insert(key, Value::Object(child));
+            rest = &rest[run..];
         }
-        if let Some(obj) = entry.as_object_mut() {
-            obj.entry(".").or_insert_with(|| json!({}));
-            insert(obj, rest);
-        }
+        out
     }
-    let mut root = Map::new();
-    for p in paths {
-        insert(&mut root, p);
-    }
-    Value::Object(root)
+    let paths: Vec<&[String]> = paths.iter().map(Vec::as_slice).filter(|p| !p.is_empty()).collect();
+    Value::Object(node(&paths))
 }
 
 /// What an update changed: `set` holds the new object's leaves whose value differs from the
@@ -357,11 +361,19 @@ pub fn record_update(
     for mut e in entries.drain(..) {
         let m = e.get("manager").and_then(|m| m.as_str()).unwrap_or("");
         let op = e.get("operation").and_then(|m| m.as_str()).unwrap_or("");
+        let own = m == manager && op == operation;
+        // Most writes touch a corner of the object (a status, a label); another manager's
+        // entry elsewhere is kept as it is, without parsing its field set.
+        let untouched = |f: &Value| has_fields(f) && !changes.iter().any(|c| may_take(f, c));
+        if !own && e.get("fieldsV1").is_some_and(untouched) {
+            kept.push(e);
+            continue;
+        }
         let mut set = BTreeSet::new();
         if let Some(f) = e.get("fieldsV1") {
             parse_fields(f, &mut Vec::new(), &mut set);
         }
-        if m == manager && op == operation {
+        if own {
             mine = set;
             continue;
         }
@@ -379,20 +391,25 @@ pub fn record_update(
     mine.retain(|p| !changes.removed.contains(p));
     mine.extend(changes.set);
     if !mine.is_empty() {
-        kept.push(json!({
-            "manager": manager,
-            "operation": operation,
-            "apiVersion": api_version,
-            "time": meta::now_rfc3339(),
-            "fieldsType": "FieldsV1",
-            "fieldsV1": render_fields(&mine),
-        }));
+        kept.push(entry(manager, operation, api_version, render_fields(&mine)));
     }
     if kept.is_empty() {
         meta::meta_mut(next).remove("managedFields");
     } else {
         meta::set_meta(next, "managedFields", Value::Array(kept));
     }
+}
+
+/// A `managedFields` entry. Built as a map: `json!` would copy the field tree.
+fn entry(manager: &str, operation: &str, api_version: &str, fields: Value) -> Value {
+    let mut e = Map::new();
+    e.insert("manager".into(), manager.into());
+    e.insert("operation".into(), operation.into());
+    e.insert("apiVersion".into(), api_version.into());
+    e.insert("time".into(), meta::now_rfc3339().into());
+    e.insert("fieldsType".into(), "FieldsV1".into());
+    e.insert("fieldsV1".into(), fields);
+    Value::Object(e)
 }
 
 /// The managers and their field sets of an object.
@@ -419,6 +436,29 @@ pub(crate) fn entries(obj: &Value) -> Vec<(String, String, String, BTreeSet<Path
 /// or around it; the existence of a list item is taken only by re-creating the item.
 fn takes(c: &Path, p: &Path) -> bool {
     if is_item_path(p) { c == p } else { c == p || c.starts_with(p) || p.starts_with(c) }
+}
+
+/// Whether a `fieldsV1` tree names any field (an empty one is dropped on the next write).
+fn has_fields(fields: &Value) -> bool {
+    fields.as_object().is_some_and(|m| m.keys().any(|k| k.starts_with("f:") || is_item(k)))
+}
+
+/// Whether writing path `c` may take a path of the `fieldsV1` tree `fields` from its owner
+/// (see [`takes`]), found by walking the tree along `c` instead of parsing all of it. False
+/// only when nothing can be taken.
+fn may_take(fields: &Value, c: &Path) -> bool {
+    let mut node = fields;
+    for (depth, seg) in c.iter().enumerate() {
+        let Some(m) = node.as_object() else { return false };
+        let next = if is_item(seg) { m.get(seg.as_str()) } else { m.get(format!("f:{seg}").as_str()) };
+        match next {
+            Some(n) => node = n,
+            // `c` lies inside a field owned as a whole (a leaf that is not a list item).
+            None => return depth > 0 && !has_fields(node) && !is_item(&c[depth - 1]),
+        }
+    }
+    // `c` itself, or fields inside it, are in the set.
+    true
 }
 
 /// Whether two paths overlap (one is a prefix of the other).
@@ -474,14 +514,7 @@ pub fn record_apply(
         out.push(e);
     }
     if !applied_leaves.is_empty() {
-        out.push(json!({
-            "manager": manager,
-            "operation": "Apply",
-            "apiVersion": api_version,
-            "time": meta::now_rfc3339(),
-            "fieldsType": "FieldsV1",
-            "fieldsV1": render_fields(&applied_leaves),
-        }));
+        out.push(entry(manager, "Apply", api_version, render_fields(&applied_leaves)));
     }
     if out.is_empty() {
         meta::meta_mut(next).remove("managedFields");
@@ -533,6 +566,67 @@ pub fn equal_ignoring_times(a: &Value, b: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn p(segs: &[&str]) -> Path {
+        segs.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn rendered_field_sets_parse_back_to_themselves() {
+        let item = r#"k:{"name":"a"}"#;
+        let paths: BTreeSet<Path> = [
+            p(&["metadata", "labels", "app"]),
+            p(&["metadata", "labels", "f:odd"]),
+            p(&["spec", "containers", item]),
+            p(&["spec", "containers", item, "image"]),
+            p(&["spec", "containers", item, "ports", r#"k:{"containerPort":80}"#]),
+            p(&["spec", "finalizers", r#"v:"x""#]),
+            p(&["spec", "replicas"]),
+        ]
+        .into_iter()
+        .collect();
+        let tree = render_fields(&paths);
+        assert_eq!(tree["f:spec"]["f:containers"][item]["."], json!({}));
+        assert_eq!(tree["f:metadata"]["f:labels"]["f:f:odd"], json!({}));
+        let mut back = BTreeSet::new();
+        parse_fields(&tree, &mut Vec::new(), &mut back);
+        assert_eq!(back, paths);
+    }
+
+    #[test]
+    fn only_entries_a_change_cannot_reach_are_skipped() {
+        let item = r#"k:{"name":"a"}"#;
+        let owned: BTreeSet<Path> = [
+            p(&["spec", "containers", item]),
+            p(&["spec", "containers", item, "image"]),
+            p(&["spec", "template"]),
+            p(&["metadata", "labels", "app"]),
+        ]
+        .into_iter()
+        .collect();
+        let tree = render_fields(&owned);
+        let changes = [
+            p(&["status", "phase"]),
+            p(&["spec", "containers", item, "image"]),
+            p(&["spec", "containers", item]),
+            p(&["spec", "containers", item, "args"]),
+            p(&["spec", "containers", r#"k:{"name":"b"}"#]),
+            p(&["spec", "template", "spec", "x"]),
+            p(&["spec"]),
+            p(&["metadata", "labels", "other"]),
+            p(&["metadata", "labels", "app", "deeper"]),
+        ];
+        for c in &changes {
+            let taken = owned.iter().any(|o| takes(c, o));
+            assert!(may_take(&tree, c) || !taken, "{c:?} takes a field but was judged harmless");
+        }
+        // The point of the shortcut: writes elsewhere do not look inside.
+        assert!(!may_take(&tree, &p(&["status", "phase"])));
+        assert!(!may_take(&tree, &p(&["spec", "containers", item, "args"])));
+        assert!(!may_take(&tree, &p(&["metadata", "labels", "other"])));
+        assert!(may_take(&tree, &p(&["spec", "template", "spec", "x"])));
+    }
 
     const CM: &str = "io.k8s.api.core.v1.ConfigMap";
 
