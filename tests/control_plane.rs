@@ -194,6 +194,38 @@ fn deployments_scale_roll_out_and_roll_back() {
 }
 
 #[test]
+fn a_replicaset_creating_30_pods_records_25_events_the_last_16_combined() {
+    let s = Server::start();
+    let _sim = s.sim(&["--nodes", "2"]);
+    s.ok(&["create", "namespace", "ev"]);
+    s.ok(&["-n", "ev", "create", "deployment", "many", "--image=busybox:1", "--replicas=30"]);
+    s.wait_for("30 pods", T, || pods(&s, "ev", "app=many").len() == 30);
+    let rs = s.ok(&["-n", "ev", "get", "rs", "-o", "jsonpath={.items[0].metadata.name}"]);
+    // (message, count) of the ReplicaSet's SuccessfulCreate events.
+    let created = || -> Vec<(String, i64)> {
+        let selector = format!("involvedObject.name={rs},reason=SuccessfulCreate");
+        items(&s.get_json(&["events", "-n", "ev", "--field-selector", &selector]))
+            .iter()
+            .map(|e| (e["message"].as_str().unwrap_or("").to_string(), e["count"].as_i64().unwrap_or(0)))
+            .collect()
+    };
+    // As upstream's correlator: nine messages of their own, the tenth and later combined into
+    // one Event whose count grows, and nothing past the object's burst of 25.
+    s.wait_for("the combined event to count 16", T, || created().iter().any(|(_, n)| *n == 16));
+    std::thread::sleep(Duration::from_secs(1));
+    let events = created();
+    let (combined, single): (Vec<_>, Vec<_>) =
+        events.iter().partition(|(m, _)| m.starts_with("(combined from similar events): Created pod: many-"));
+    assert_eq!(combined.len(), 1, "{events:?}");
+    assert_eq!(combined[0].1, 16, "{events:?}");
+    assert_eq!(single.len(), 9, "{events:?}");
+    assert!(single.iter().all(|(m, n)| m.starts_with("Created pod: many-") && *n == 1), "{events:?}");
+    // The scheduler's events are about each pod: one Scheduled event per pod.
+    let scheduled = items(&s.get_json(&["events", "-n", "ev", "--field-selector", "reason=Scheduled"])).len();
+    assert_eq!(scheduled, 30);
+}
+
+#[test]
 fn recreate_stops_old_pods_before_starting_new_ones() {
     let s = Server::start();
     let _sim = s.sim(&["--nodes", "2"]);
