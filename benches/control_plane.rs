@@ -37,6 +37,16 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) a process has used, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|n| n.parse().ok()).collect();
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    f.iter().sum::<u64>() as f64 / ticks
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -142,8 +152,9 @@ fn main() {
     let rss_start = status_kib(pid, "VmRSS:");
     let t_sim = Instant::now();
     let nodes = NODES.to_string();
-    let _sim = s.sim(&["--nodes", &nodes, "--cpu", "32", "--memory", "64Gi", "--max-pods", "110"]);
+    let sim = s.sim(&["--nodes", &nodes, "--cpu", "32", "--memory", "64Gi", "--max-pods", "110"]);
     println!("{NODES} simulated nodes Ready in {:.1} s", t_sim.elapsed().as_secs_f64());
+    let sim_pid = sim.pid();
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async {
@@ -208,6 +219,7 @@ fn main() {
         tokio::time::sleep(Duration::from_millis(500)).await;
 
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+        let (server_cpu0, sim_cpu0) = (cpu_seconds(pid), cpu_seconds(sim_pid));
         let t0 = Instant::now();
         futures::stream::iter(0..DEPLOYMENTS)
             .map(|i| {
@@ -240,6 +252,7 @@ fn main() {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let (server_cpu, sim_cpu) = (cpu_seconds(pid) - server_cpu0, cpu_seconds(sim_pid) - sim_cpu0);
         let (first_bound, last_bound, last_running) = {
             let g = seen.lock().unwrap();
             (
@@ -256,6 +269,10 @@ fn main() {
             "binding rate: {:.0} pods/s from the first bind to the last ({bind_window:.2} s); {:.0} pods/s from the first create",
             PODS as f64 / bind_window.max(1e-3),
             PODS as f64 / all_bound.as_secs_f64()
+        );
+        println!(
+            "CPU from the first create until all are Running: server {server_cpu:.1} s ({:.2} ms a pod), simulator {sim_cpu:.1} s",
+            server_cpu * 1000.0 / PODS as f64
         );
         println!(
             "server RSS with {PODS} pods running: {:.1} MiB (peak {:.1} MiB, {:.1} MiB at start)",

@@ -347,6 +347,11 @@ pub struct Sim {
 }
 
 impl Sim {
+    /// The simulator's process id (0 once it was killed).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
     /// The simulator's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
