@@ -64,7 +64,9 @@ impl Call<'_> {
                 }
                 Ok(response::json(status, &t))
             }
-            Output::Metadata { v1beta1 } => Ok(response::json(status, &partial_metadata(obj.clone(), v1beta1))),
+            Output::Metadata { v1beta1 } => {
+                Ok(response::json(status, &partial_metadata(obj.get("metadata").cloned(), v1beta1)))
+            }
         }
     }
 
@@ -137,10 +139,10 @@ fn default_manager(user_agent: &str) -> String {
     if prog.is_empty() { "unknown".into() } else { prog.chars().take(128).collect() }
 }
 
-/// An object as `PartialObjectMetadata`. Built by moving the metadata, not copying it: a
-/// `json!` with a value inside serializes that value afresh.
-fn partial_metadata(mut obj: Value, v1beta1: bool) -> Value {
-    let metadata = obj.get_mut("metadata").map(Value::take).unwrap_or_else(|| Value::Object(Map::new()));
+/// `PartialObjectMetadata` around an object's metadata. Built as a map: a `json!` with a
+/// value inside serializes that value afresh.
+fn partial_metadata(metadata: Option<Value>, v1beta1: bool) -> Value {
+    let metadata = metadata.unwrap_or_else(|| Value::Object(Map::new()));
     let mut m = Map::new();
     m.insert("kind".into(), "PartialObjectMetadata".into());
     m.insert("apiVersion".into(), if v1beta1 { "meta.k8s.io/v1beta1" } else { "meta.k8s.io/v1" }.into());
@@ -226,7 +228,10 @@ pub async fn list(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
                     Ok(response::json(200, &t))
                 }
                 Output::Metadata { v1beta1 } => {
-                    let items: Vec<Value> = items.into_iter().map(|o| partial_metadata(o, v1beta1)).collect();
+                    let items: Vec<Value> = items
+                        .into_iter()
+                        .map(|mut o| partial_metadata(o.get_mut("metadata").map(Value::take), v1beta1))
+                        .collect();
                     let api_version = if v1beta1 { "meta.k8s.io/v1beta1" } else { "meta.k8s.io/v1" };
                     let list = list_object("PartialObjectMetadataList".into(), api_version.into(), list_meta, items);
                     Ok(response::json(200, &list))
@@ -296,7 +301,10 @@ fn encode_watch_frame(info: &ResourceInfo, output: Output, include: IncludeObjec
                     }
                     t
                 }
-                Output::Metadata { v1beta1 } => partial_metadata(object, v1beta1),
+                Output::Metadata { v1beta1 } => {
+                    let mut object = object;
+                    partial_metadata(object.get_mut("metadata").map(Value::take), v1beta1)
+                }
                 _ => object,
             };
             (kind, object)
