@@ -340,8 +340,9 @@ fn main() {
     });
     std::thread::sleep(Duration::from_secs(1));
     println!("server RSS after a restart and one full pod list: {:.1} MiB", rss_kib(pid) as f64 / 1024.0);
-    let bin = std::fs::metadata(env!("CARGO_BIN_EXE_skiff")).map(|m| m.len()).unwrap_or(0);
-    println!("binary: {:.1} MiB ({})", bin as f64 / 1048576.0, env!("CARGO_BIN_EXE_skiff"));
+    let path = common::skiff_bin();
+    let bin = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    println!("binary: {:.1} MiB ({})", bin as f64 / 1048576.0, path.display());
     drop(s);
 
     let dir = tempfile::tempdir().unwrap();

@@ -82,7 +82,8 @@ fn start_agent(b: &node::Box) -> Agent {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(b.dir.path().join("agent.log")).expect("log");
     let child = Command::new("nsenter")
         .arg(format!("--net=/var/run/netns/{}", b.netns))
-        .args([env!("CARGO_BIN_EXE_skiff"), "agent", "--node-name", "box", "--node-ip", &b.node_ip])
+        .arg(node::skiff_bin())
+        .args(["agent", "--node-name", "box", "--node-ip", &b.node_ip])
         .arg("--kubeconfig")
         .arg(b.kubeconfig())
         .arg("--data-dir")

@@ -7,7 +7,7 @@ use std::process::Command;
 
 fn skiff(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
+    let mut cmd = Command::new(common::skiff_bin());
     cmd.args(args).env("HOME", dir.path());
     for (k, v) in envs {
         cmd.env(k, v);
@@ -90,7 +90,7 @@ fn notifies_systemd_when_ready() {
         }
     }
     let _child = Kill(
-        Command::new(env!("CARGO_BIN_EXE_skiff"))
+        Command::new(common::skiff_bin())
             .args([
                 "server",
                 "--disable-agent",
@@ -121,7 +121,7 @@ fn notifies_systemd_when_ready() {
 #[test]
 fn kubectl_subcommand_runs_the_kubectl_on_path() {
     let s = common::Server::start();
-    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+    let out = Command::new(common::skiff_bin())
         .args(["kubectl", "get", "namespaces", "-o", "name"])
         .env("KUBECONFIG", &s.kubeconfig)
         .env("HOME", s.path())

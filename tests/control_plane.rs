@@ -662,7 +662,7 @@ fn component_flags_turn_parts_off() {
         "{leases}"
     );
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+    let out = std::process::Command::new(common::skiff_bin())
         .args(["server", "--disable-controller", "replicaset,nosuch"])
         .output()
         .unwrap();

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod bin;
+pub use bin::skiff_bin;
+
 /// The kubectl the tests drive (v1.32).
 pub const KUBECTL: &str = "/usr/bin/kubectl";
 
@@ -58,7 +61,7 @@ impl Server {
             .append(true)
             .open(self.dir.path().join("server.log"))
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        let child = Command::new(skiff_bin())
             .arg("server")
             // API and control-plane tests run no containers; the node tests start their own.
             .arg("--disable-agent")
@@ -396,7 +399,7 @@ impl Server {
         let n = std::fs::read_dir(self.dir.path()).map(|d| d.count()).unwrap_or(0);
         let log = self.dir.path().join(format!("sim-{n}.log"));
         let file = std::fs::File::create(&log).expect("sim log");
-        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        let child = Command::new(skiff_bin())
             .arg("sim")
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)

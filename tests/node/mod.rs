@@ -12,6 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../common/bin.rs"]
+mod bin;
+pub use bin::skiff_bin;
+
 pub const KUBECTL: &str = "/usr/bin/kubectl";
 
 /// Why node tests cannot run here, if they cannot.
@@ -120,7 +124,8 @@ impl Box {
         let _ = std::fs::remove_file(self.kubeconfig());
         let child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", self.netns))
-            .args([env!("CARGO_BIN_EXE_skiff"), "server"])
+            .arg(skiff_bin())
+            .arg("server")
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--advertise-address", &self.node_ip, "--node-name", "box"])
