@@ -999,7 +999,7 @@ mod tests {
         assert_eq!(
             e(json!({"minAvailable": 1, "maxUnavailable": "10%"})),
             [
-                "spec: Invalid value: {\"minAvailable\":1,\"maxUnavailable\":\"10%\"}: minAvailable and maxUnavailable cannot be both set"
+                "spec: Invalid value: {\"maxUnavailable\":\"10%\",\"minAvailable\":1}: minAvailable and maxUnavailable cannot be both set"
             ]
         );
         assert_eq!(

@@ -44,30 +44,46 @@ pub fn decode_body(bytes: &[u8], format: BodyFormat) -> Result<Value, ApiError> 
 }
 
 /// Serializes an object for the store: `apiVersion`, `kind`, `metadata` first, no
-/// `resourceVersion`.
+/// `resourceVersion`. Written key by key, since a JSON map orders its keys by name and the
+/// splice below needs `metadata` ahead of every other object-valued key.
 pub fn encode_for_store(obj: &Value) -> Result<Bytes, ApiError> {
     let map = obj.as_object().ok_or_else(|| ApiError::internal("object is not a JSON object"))?;
-    let mut ordered = Map::with_capacity(map.len());
-    for key in ["apiVersion", "kind", "metadata"] {
+    let empty = Map::new();
+    let meta = map.get("metadata").and_then(Value::as_object).unwrap_or(&empty);
+    let mut out = Vec::with_capacity(512);
+    out.push(b'{');
+    let mut first = true;
+    for key in ["apiVersion", "kind"] {
         if let Some(v) = map.get(key) {
-            let mut v = v.clone();
-            if key == "metadata"
-                && let Some(m) = v.as_object_mut()
-            {
-                m.remove("resourceVersion");
-            }
-            ordered.insert(key.to_string(), v);
+            write_member(&mut out, &mut first, key, v)?;
         }
     }
-    if !ordered.contains_key("metadata") {
-        ordered.insert("metadata".into(), Value::Object(Map::new()));
+    write_key(&mut out, &mut first, "metadata")?;
+    out.push(b'{');
+    let mut first_meta = true;
+    for (k, v) in meta.iter().filter(|(k, _)| k.as_str() != "resourceVersion") {
+        write_member(&mut out, &mut first_meta, k, v)?;
     }
-    for (k, v) in map {
-        if !ordered.contains_key(k) {
-            ordered.insert(k.clone(), v.clone());
-        }
+    out.push(b'}');
+    for (k, v) in map.iter().filter(|(k, _)| !matches!(k.as_str(), "apiVersion" | "kind" | "metadata")) {
+        write_member(&mut out, &mut first, k, v)?;
     }
-    serde_json::to_vec(&Value::Object(ordered)).map(Bytes::from).map_err(ApiError::internal)
+    out.push(b'}');
+    Ok(Bytes::from(out))
+}
+
+fn write_key(out: &mut Vec<u8>, first: &mut bool, key: &str) -> Result<(), ApiError> {
+    if !std::mem::take(first) {
+        out.push(b',');
+    }
+    serde_json::to_writer(&mut *out, key).map_err(ApiError::internal)?;
+    out.push(b':');
+    Ok(())
+}
+
+fn write_member(out: &mut Vec<u8>, first: &mut bool, key: &str, value: &Value) -> Result<(), ApiError> {
+    write_key(out, first, key)?;
+    serde_json::to_writer(&mut *out, value).map_err(ApiError::internal)
 }
 
 const META_KEY: &[u8] = b"\"metadata\":{";
@@ -172,6 +188,20 @@ mod tests {
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["metadata"]["resourceVersion"], "42");
         assert_eq!(v["metadata"]["name"], "x");
+        // A key that sorts before `metadata` and holds a `metadata` of its own stays behind
+        // the object's metadata, so the resourceVersion lands in the right place.
+        let custom =
+            json!({"config": {"metadata": {"a": 1}}, "kind": "W", "apiVersion": "x/v1", "metadata": {"name": "w"}});
+        let stored = encode_for_store(&custom).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&stored).unwrap(),
+            r#"{"apiVersion":"x/v1","kind":"W","metadata":{"name":"w"},"config":{"metadata":{"a":1}}}"#
+        );
+        let v: Value = serde_json::from_slice(&with_resource_version(&stored, 5)).unwrap();
+        assert_eq!(
+            v,
+            json!({"apiVersion": "x/v1", "kind": "W", "metadata": {"name": "w", "resourceVersion": "5"}, "config": {"metadata": {"a": 1}}})
+        );
         let empty = encode_for_store(&json!({"apiVersion": "v1", "kind": "X"})).unwrap();
         let v: Value = serde_json::from_slice(&with_resource_version(&empty, 7)).unwrap();
         assert_eq!(v["metadata"], json!({"resourceVersion": "7"}));
