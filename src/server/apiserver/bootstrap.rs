@@ -25,6 +25,7 @@ fn ctx() -> WriteCtx {
         validation: FieldValidation::Ignore,
         warnings: Vec::new(),
         apply: None,
+        body: Default::default(),
     }
 }
 

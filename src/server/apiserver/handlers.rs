@@ -95,6 +95,7 @@ impl Call<'_> {
             validation: FieldValidation::parse(self.query.get("fieldValidation"))?,
             warnings: Vec::new(),
             apply: None,
+            body: self.body.clone(),
         })
     }
 

@@ -55,6 +55,8 @@ pub struct WriteCtx {
     pub warnings: Vec<String>,
     /// The applied configuration of a server-side apply (None for other writes).
     pub apply: Option<Value>,
+    /// The request body as sent, to report its unknown fields in the order it names them.
+    pub body: Bytes,
 }
 
 /// Options of a delete (`DeleteOptions` body merged with query parameters).
@@ -222,6 +224,10 @@ impl Objects {
             ))
         })?;
         if !report.unknown.is_empty() {
+            let mut report = report;
+            if report.unknown.len() > 1 && ctx.validation != FieldValidation::Ignore {
+                crate::api::duplicates::sort_by_document_order(&mut report.unknown, &ctx.body);
+            }
             match ctx.validation {
                 FieldValidation::Strict => {
                     let list: Vec<String> = report.unknown.iter().map(|p| format!("unknown field \"{p}\"")).collect();
