@@ -217,14 +217,13 @@ impl Objects {
             };
             return Err(ApiError::bad_request(msg));
         }
-        let report = (info.check)(obj).map_err(|e| {
+        let mut report = (info.check)(obj).map_err(|e| {
             ApiError::bad_request(format!(
                 "{} in version \"{}\" cannot be handled as a {}: {e}",
                 info.kind, info.version, info.kind
             ))
         })?;
         if !report.unknown.is_empty() {
-            let mut report = report;
             if report.unknown.len() > 1 && ctx.validation != FieldValidation::Ignore {
                 crate::api::duplicates::sort_by_document_order(&mut report.unknown, &ctx.body);
             }
