@@ -153,16 +153,6 @@ fn is_exited(s: &proto::ContainerStatus) -> bool {
         || s.state == proto::ContainerState::ContainerCreated as i32
 }
 
-/// Whether an exited instance's status can be kept as final. containerd learns of an
-/// out-of-memory kill from an event of its own, which under load can come after the exit, so
-/// a SIGKILLed instance without the runtime's reason is read again for a few seconds; the
-/// pod's status then says `OOMKilled` rather than `Error`.
-fn status_is_final(s: &proto::ContainerStatus, now_ns: i64) -> bool {
-    const OOM_EVENT_GRACE_NS: i64 = 3_000_000_000;
-    let generic = s.reason.is_empty() || s.reason == "Error";
-    !(s.exit_code == 137 && generic && now_ns.saturating_sub(s.finished_at) < OOM_EVENT_GRACE_NS)
-}
-
 fn field_path(init: bool, name: &str) -> String {
     if init { format!("spec.initContainers{{{name}}}") } else { format!("spec.containers{{{name}}}") }
 }
@@ -277,9 +267,7 @@ impl Worker {
                     Ok(mut s) => {
                         if s.state == proto::ContainerState::ContainerExited as i32 {
                             s.message = termination_message(&s);
-                            if status_is_final(&s, Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)) {
-                                self.exited.insert(c.id.clone(), s.clone());
-                            }
+                            self.exited.insert(c.id.clone(), s.clone());
                         }
                         s
                     }
@@ -1299,23 +1287,6 @@ fn key(pod: &Pod) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_sigkilled_instance_is_read_again_until_an_oom_reason_can_have_arrived() {
-        let exited = |code: i32, reason: &str, finished_at: i64| proto::ContainerStatus {
-            exit_code: code,
-            reason: reason.into(),
-            finished_at,
-            ..Default::default()
-        };
-        let now = 10_000_000_000;
-        assert!(!status_is_final(&exited(137, "Error", now - 1_000_000_000), now));
-        assert!(!status_is_final(&exited(137, "", now), now));
-        assert!(status_is_final(&exited(137, "Error", now - 3_000_000_000), now));
-        assert!(status_is_final(&exited(137, "OOMKilled", now), now));
-        assert!(status_is_final(&exited(1, "Error", now), now));
-        assert!(status_is_final(&exited(0, "Completed", now), now));
-    }
 
     #[test]
     fn crash_loop_backoff_is_upstreams() {
