@@ -3,8 +3,9 @@
 //!
 //! Run: `cargo bench --bench control_plane` (see BENCHMARKS.md). It starts the release server
 //! and one `skiff sim` process on a loopback port in a temp dir and stops both when done.
-//! Reports the time until every pod is bound and Running, the binding rate, and the server's
-//! RSS, from a watch on the pods and a poll of the Deployments' status.
+//! Reports the time until every pod is bound and Running, the binding rate, how fast pods were
+//! created and how many waited for a node at once (which of the two set the pace), and the
+//! server's RSS, from a watch on the pods and a poll of the Deployments' status.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -51,9 +52,10 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// When each pod was first seen bound and first seen Running and Ready.
+/// When each pod was first seen at all, first seen bound and first seen Running and Ready.
 #[derive(Default)]
 struct Seen {
+    created: HashMap<String, Instant>,
     bound: HashMap<String, Instant>,
     running: HashMap<String, Instant>,
 }
@@ -206,6 +208,7 @@ fn main() {
                         rv = p.metadata.resource_version.clone();
                         let now = Instant::now();
                         let mut g = seen.lock().unwrap();
+                        g.created.entry(p.metadata.name.clone()).or_insert(now);
                         if p.spec.node_name.is_some() {
                             g.bound.entry(p.metadata.name.clone()).or_insert(now);
                         }
@@ -269,6 +272,21 @@ fn main() {
             "binding rate: {:.0} pods/s from the first bind to the last ({bind_window:.2} s); {:.0} pods/s from the first create",
             PODS as f64 / bind_window.max(1e-3),
             PODS as f64 / all_bound.as_secs_f64()
+        );
+        // Whether the scheduler or the pods' creation set the pace: how fast pods appeared, and
+        // the most that waited for a node at one moment.
+        let (create_window, most_waiting) = {
+            let g = seen.lock().unwrap();
+            let mut marks: Vec<(Instant, i64)> = g.created.values().map(|t| (*t, 1)).chain(g.bound.values().map(|t| (*t, -1))).collect();
+            marks.sort();
+            let most = marks.iter().scan(0i64, |n, (_, d)| { *n += d; Some(*n) }).max().unwrap_or(0);
+            let first = g.created.values().min().copied().unwrap_or(t0);
+            let last = g.created.values().max().copied().unwrap_or(t0);
+            ((last - first).as_secs_f64(), most)
+        };
+        println!(
+            "pods created: {:.0} pods/s from the first to the last ({create_window:.2} s); at most {most_waiting} pods waited for a node at once",
+            PODS as f64 / create_window.max(1e-3)
         );
         println!(
             "CPU from the first create until all are Running: server {server_cpu:.1} s ({:.2} ms a pod), simulator {sim_cpu:.1} s",
