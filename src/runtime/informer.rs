@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::collections::HashSet;
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -53,6 +53,66 @@ impl<K> Clone for Change<K> {
     }
 }
 
+/// What the change buffer holds. An applied change holds its object weakly, so a subscriber
+/// that falls behind does not keep alive every version that has since been replaced in the
+/// cache: when 10,000 pods each changed a few times while one controller caught up, the
+/// superseded versions it had yet to read were tens of MiB of the server's peak heap
+/// (BENCHMARKS.md, control plane). A replaced version is skipped on receipt; the change that
+/// replaced it (or deleted the object) is further on in the buffer.
+enum Sent<K> {
+    Applied(Weak<K>),
+    /// An applied object the cache did not keep (it is handed over as is).
+    Uncached(Arc<K>),
+    Deleted(Arc<K>),
+    Resync,
+}
+
+impl<K> Clone for Sent<K> {
+    fn clone(&self) -> Self {
+        match self {
+            Sent::Applied(o) => Sent::Applied(o.clone()),
+            Sent::Uncached(o) => Sent::Uncached(o.clone()),
+            Sent::Deleted(o) => Sent::Deleted(o.clone()),
+            Sent::Resync => Sent::Resync,
+        }
+    }
+}
+
+impl<K> Sent<K> {
+    /// The change to hand out; `None` for an object replaced or deleted since (a later change
+    /// in the buffer says so).
+    fn into_change(self) -> Option<Change<K>> {
+        match self {
+            Sent::Applied(o) => o.upgrade().map(Change::Applied),
+            Sent::Uncached(o) => Some(Change::Applied(o)),
+            Sent::Deleted(o) => Some(Change::Deleted(o)),
+            Sent::Resync => Some(Change::Resync),
+        }
+    }
+}
+
+/// A subscriber's place in an informer's changes; read it with [`next_change`].
+pub struct Subscription<K> {
+    rx: broadcast::Receiver<Sent<K>>,
+}
+
+impl<K> Subscription<K> {
+    /// The next change if one is already waiting ([`Change::Resync`] when this subscriber
+    /// lagged); `None` when none is.
+    pub fn try_next(&mut self) -> Option<Change<K>> {
+        loop {
+            return match self.rx.try_recv() {
+                Ok(sent) => match sent.into_change() {
+                    Some(c) => Some(c),
+                    None => continue,
+                },
+                Err(broadcast::error::TryRecvError::Lagged(_)) => Some(Change::Resync),
+                Err(_) => None,
+            };
+        }
+    }
+}
+
 /// Bounds every cached kind meets.
 pub trait Cached: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {}
 impl<K> Cached for K where K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {}
@@ -60,7 +120,7 @@ impl<K> Cached for K where K: Resource<DynamicType = ()> + Clone + DeserializeOw
 /// A watched, cached resource type.
 pub struct Informer<K: Cached> {
     store: Store<K>,
-    changes: broadcast::Sender<Change<K>>,
+    changes: broadcast::Sender<Sent<K>>,
     index: RwLock<Index>,
     /// Set once the first list is in the cache. (The store's own readiness future wakes only
     /// the last task that polled it, so several components waiting at once could hang.)
@@ -196,11 +256,11 @@ where
                 }
                 let change = match event {
                     watcher::Event::Apply(o) => match me.store.get(&ObjectRef::from_obj(&o)) {
-                        Some(cached) => Change::Applied(cached),
-                        None => Change::Applied(Arc::new(o)),
+                        Some(cached) => Sent::Applied(Arc::downgrade(&cached)),
+                        None => Sent::Uncached(Arc::new(o)),
                     },
-                    watcher::Event::Delete(o) => Change::Deleted(Arc::new(o)),
-                    watcher::Event::InitDone => Change::Resync,
+                    watcher::Event::Delete(o) => Sent::Deleted(Arc::new(o)),
+                    watcher::Event::InitDone => Sent::Resync,
                     watcher::Event::Init | watcher::Event::InitApply(_) => continue,
                 };
                 let _ = me.changes.send(change);
@@ -251,8 +311,8 @@ impl<K: Cached> Informer<K> {
     }
 
     /// A new subscriber; it first sees the changes after this call.
-    pub fn subscribe(&self) -> broadcast::Receiver<Change<K>> {
-        self.changes.subscribe()
+    pub fn subscribe(&self) -> Subscription<K> {
+        Subscription { rx: self.changes.subscribe() }
     }
 
     /// Waits until the first list has filled the cache.
@@ -283,14 +343,16 @@ impl<K: Cached> Informer<K> {
 
 /// Receives the next change; a lagged receiver is turned into [`Change::Resync`]. `None` when
 /// the informer stopped.
-pub async fn next_change<K>(rx: &mut broadcast::Receiver<Change<K>>) -> Option<Change<K>>
-where
-    Change<K>: Clone,
-{
-    match rx.recv().await {
-        Ok(c) => Some(c),
-        Err(broadcast::error::RecvError::Lagged(_)) => Some(Change::Resync),
-        Err(broadcast::error::RecvError::Closed) => None,
+pub async fn next_change<K>(sub: &mut Subscription<K>) -> Option<Change<K>> {
+    loop {
+        return match sub.rx.recv().await {
+            Ok(sent) => match sent.into_change() {
+                Some(c) => Some(c),
+                None => continue,
+            },
+            Err(broadcast::error::RecvError::Lagged(_)) => Some(Change::Resync),
+            Err(broadcast::error::RecvError::Closed) => None,
+        };
     }
 }
 
@@ -342,5 +404,59 @@ impl Informers {
         let informer = Informer::spawn_trimmed(api, watcher::Config::default(), trim, self.cancel.child_token());
         started.insert(TypeId::of::<K>(), informer.clone());
         informer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    fn config_map(name: &str) -> Arc<ConfigMap> {
+        Arc::new(ConfigMap {
+            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+            ..Default::default()
+        })
+    }
+
+    fn name(c: &Change<ConfigMap>) -> &str {
+        match c {
+            Change::Applied(o) | Change::Deleted(o) => o.metadata.name.as_deref().unwrap_or(""),
+            Change::Resync => "(resync)",
+        }
+    }
+
+    #[tokio::test]
+    async fn a_buffered_change_does_not_keep_a_replaced_version_alive() {
+        let (tx, rx) = broadcast::channel(8);
+        let mut sub = Subscription { rx };
+        let (v1, v2) = (config_map("v1"), config_map("v2"));
+        assert!(tx.send(Sent::Applied(Arc::downgrade(&v1))).is_ok());
+        assert!(tx.send(Sent::Applied(Arc::downgrade(&v2))).is_ok());
+        assert!(tx.send(Sent::Deleted(config_map("gone"))).is_ok());
+        // The cache replaces v1 by v2: nothing else held v1, so it is freed although the
+        // subscriber has not read its change yet, and the subscriber skips to v2.
+        let weak = Arc::downgrade(&v1);
+        drop(v1);
+        assert!(weak.upgrade().is_none());
+        assert_eq!(name(&next_change(&mut sub).await.unwrap()), "v2");
+        assert_eq!(name(&sub.try_next().unwrap()), "gone");
+        assert!(sub.try_next().is_none());
+        drop(v2);
+    }
+
+    #[tokio::test]
+    async fn a_lagging_subscriber_is_told_to_resync() {
+        let (tx, rx) = broadcast::channel(2);
+        let mut sub = Subscription { rx };
+        let kept: Vec<_> = (0..3).map(|i| config_map(&format!("c{i}"))).collect();
+        for o in &kept {
+            assert!(tx.send(Sent::Applied(Arc::downgrade(o))).is_ok());
+        }
+        assert_eq!(name(&sub.try_next().unwrap()), "(resync)");
+        assert_eq!(name(&next_change(&mut sub).await.unwrap()), "c1");
+        drop(tx);
+        assert_eq!(name(&next_change(&mut sub).await.unwrap()), "c2");
+        assert!(next_change(&mut sub).await.is_none());
     }
 }

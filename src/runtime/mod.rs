@@ -16,7 +16,7 @@ pub mod leader;
 pub mod matching;
 pub mod queue;
 
-pub use informer::{Change, Informer, Informers};
+pub use informer::{Change, Informer, Informers, Subscription};
 pub use queue::WorkQueue;
 
 /// The key of a namespaced or cluster-scoped object on a work queue.

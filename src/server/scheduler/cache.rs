@@ -176,14 +176,26 @@ impl Cache {
         }
     }
 
-    /// Places or updates a pod seen through the watch (or assumed by us, with `assumed`).
-    pub fn set_pod(&mut self, pod: Arc<Pod>, assumed: bool) {
+    /// Places or updates a pod seen through the watch.
+    pub fn set_pod(&mut self, pod: Arc<Pod>) {
         let key = Key::of(pod.as_ref());
         if !occupies_node(&pod) {
             self.remove_pod(&key);
             return;
         }
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        self.place(key, pod, node, false);
+    }
+
+    /// Places a pending pod on `node` before its binding is seen through the watch. The cache
+    /// keeps the pending object as it is (no copy with `nodeName` set): the placement is in
+    /// [`PodInfo::node`], which is what the cache counts.
+    pub fn assume(&mut self, pod: Arc<Pod>, node: String) {
+        let key = Key::of(pod.as_ref());
+        self.place(key, pod, node, true);
+    }
+
+    fn place(&mut self, key: Key, pod: Arc<Pod>, node: String, assumed: bool) {
         if let Some(old) = self.pods.get(&key) {
             if old.node == node && old.pod.metadata.uid == pod.metadata.uid {
                 // Requests and ports of a placed pod do not change; only refresh the object.

@@ -142,19 +142,11 @@ pub async fn run(client: Client, informers: Arc<Informers>, cancel: Cancellation
     tracing::info!(nodes = s.cache.node_count(), "scheduler started");
     loop {
         // Apply every change already waiting before the next decision, so it sees them.
-        loop {
-            match pod_changes.try_recv() {
-                Ok(c) => s.on_pod(c),
-                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => s.on_pod(Change::Resync),
-                Err(_) => break,
-            }
+        while let Some(c) = pod_changes.try_next() {
+            s.on_pod(c);
         }
-        loop {
-            match node_changes.try_recv() {
-                Ok(c) => s.on_node(c, &nodes),
-                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => s.on_node(Change::Resync, &nodes),
-                Err(_) => break,
-            }
+        while let Some(c) = node_changes.try_next() {
+            s.on_node(c, &nodes);
         }
         while let Ok(f) = failed.try_recv() {
             s.on_bind_failure(f);
@@ -222,7 +214,7 @@ impl Scheduler {
                 self.queue.remove(&key);
                 self.tried.remove(&key);
                 let was_placed = self.cache.pod(&key).is_some();
-                self.cache.set_pod(pod.clone(), false);
+                self.cache.set_pod(pod.clone());
                 // A pod that finished frees its node.
                 if was_placed && !cache::occupies_node(&pod) {
                     self.queue.cluster_changed();
@@ -268,7 +260,7 @@ impl Scheduler {
                 }
             } else {
                 self.nominations.forget(&key);
-                self.cache.set_pod(p, false);
+                self.cache.set_pod(p);
             }
         }
         self.queue.cluster_changed();
@@ -465,11 +457,7 @@ impl Scheduler {
     }
 
     fn assume_and_bind(&mut self, pod: Arc<Pod>, key: Key, node: String) {
-        let mut assumed = (*pod).clone();
-        if let Some(spec) = assumed.spec.as_mut() {
-            spec.node_name = Some(node.clone());
-        }
-        self.cache.set_pod(Arc::new(assumed), true);
+        self.cache.assume(pod.clone(), node.clone());
         self.nominations.forget(&key);
         self.queue.remove(&key);
         self.tried.remove(&key);

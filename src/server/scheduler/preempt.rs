@@ -670,7 +670,7 @@ mod tests {
             c.set_node(n.clone());
         }
         for p in pods {
-            c.set_pod(p.clone(), false);
+            c.set_pod(p.clone());
         }
         c
     }
