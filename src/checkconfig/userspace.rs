@@ -139,7 +139,7 @@ pub fn iptables(host: &dyn Host) -> Check {
         return Check::warn(NAME, format!("unknown version at {}: \"{line}\"", path.display()), None);
     };
     let legacy = line.contains("(legacy)");
-    if !legacy && v >= [1, 8, 0] && v < [1, 8, 4] {
+    if !legacy && ([1, 8, 0]..[1, 8, 4]).contains(&v) {
         return Check::fail(
             NAME,
             format!("{line} ({})", path.display()),
