@@ -19,6 +19,10 @@ pub fn run_blocking(flags: AgentFlags) -> i32 {
         eprintln!("skiff: the agent runs containers and must run as root");
         return 1;
     }
+    if let Err(unfit) = crate::checkconfig::ensure_node_fit(cfg.runtime_endpoint.is_none()) {
+        unfit.print();
+        return 1;
+    }
     // Blocking threads end after 1 s idle instead of 10: the agent uses them in bursts (image
     // imports at start, file work per pod), and an idle one keeps what its heap held, ~4 MiB
     // after the start-up imports (BENCHMARKS.md, node).

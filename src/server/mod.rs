@@ -24,6 +24,15 @@ use config::ServerConfig;
 /// Runs the server on a fresh tokio runtime; returns the exit code.
 pub fn run_blocking(cfg: ServerConfig) -> i32 {
     crate::cli::init_logging(cfg.log_format, cfg.verbosity);
+    // The agent beside the control plane runs only as root (see `start_components`); a box
+    // that cannot run it is refused before anything starts, as `skiff agent` refuses.
+    if let Some(agent) = &cfg.agent
+        && nix::unistd::geteuid().is_root()
+        && let Err(unfit) = crate::checkconfig::ensure_node_fit(agent.runtime_endpoint.is_none())
+    {
+        unfit.print();
+        return 1;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("skiff").build() {
         Ok(rt) => rt,
         Err(e) => {
