@@ -38,6 +38,8 @@ enum Command {
     Sim(Box<crate::sim::config::SimFlags>),
     /// Import and list container images through the node's CRI socket.
     Images(Box<crate::cri::images_cli::ImagesFlags>),
+    /// Create, list and delete bootstrap tokens for joining agents.
+    Token(Box<crate::server::token_cli::TokenFlags>),
     /// Run the kubectl found on PATH with KUBECONFIG set to skiff's admin kubeconfig.
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -67,6 +69,7 @@ pub fn run() -> i32 {
         Ok(Parsed::Sim(flags)) => crate::sim::config::run_blocking(*flags),
         Ok(Parsed::Agent(flags)) => crate::agent::cli::run_blocking(*flags),
         Ok(Parsed::Images(flags)) => crate::cri::images_cli::run_blocking(*flags),
+        Ok(Parsed::Token(flags)) => crate::server::token_cli::run_blocking(*flags),
         Ok(Parsed::Exit(code)) => code,
         Err(e) => {
             eprintln!("skiff: {e}");
@@ -83,6 +86,7 @@ pub enum Parsed {
     Sim(Box<crate::sim::config::SimFlags>),
     Agent(Box<crate::agent::config::AgentFlags>),
     Images(Box<crate::cri::images_cli::ImagesFlags>),
+    Token(Box<crate::server::token_cli::TokenFlags>),
     /// `--help` or `--version` was printed.
     Exit(i32),
 }
@@ -123,6 +127,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed, CliError> {
         Command::Sim(flags) => Ok(Parsed::Sim(flags)),
         Command::Agent(flags) => Ok(Parsed::Agent(flags)),
         Command::Images(flags) => Ok(Parsed::Images(flags)),
+        Command::Token(flags) => Ok(Parsed::Token(flags)),
     }
 }
 

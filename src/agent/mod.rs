@@ -12,6 +12,7 @@
 //! HTTPS in `skiff agent`); it never sees the store. It speaks to containers only through the
 //! [`crate::cri`] room, and it owns only the sandboxes and containers it labelled itself.
 
+pub mod bootstrap;
 pub mod cli;
 pub mod cni;
 pub mod config;
@@ -65,7 +66,7 @@ pub fn cni_conf_dir(cfg: &AgentConfig) -> PathBuf {
 /// kubelet client certificate chains to.
 #[derive(Debug, Clone)]
 pub struct KubeletTls {
-    pub serving: crate::pki::KubeletServing,
+    pub serving: Arc<crate::pki::ServingCert>,
     pub client_ca_pem: String,
 }
 
@@ -156,8 +157,7 @@ pub async fn run(
     });
     let api_cfg = kubelet_api::Config {
         listen: cfg.kubelet_listen(),
-        serving_cert_pem: tls.serving.cert_pem,
-        serving_key_pem: tls.serving.key_pem,
+        serving: tls.serving,
         client_ca_pem: tls.client_ca_pem,
         node_name: cfg.node_name.clone(),
         nodefs: cfg.data_dir.clone(),
