@@ -40,6 +40,8 @@ enum Command {
     Images(Box<crate::cri::images_cli::ImagesFlags>),
     /// Check that this box's kernel and userspace can run a skiff node (one line per check).
     CheckConfig(crate::checkconfig::cli::CheckConfigFlags),
+    /// Create, list and delete bootstrap tokens for joining agents.
+    Token(Box<crate::server::token_cli::TokenFlags>),
     /// Run the kubectl found on PATH with KUBECONFIG set to skiff's admin kubeconfig.
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -70,6 +72,7 @@ pub fn run() -> i32 {
         Ok(Parsed::Agent(flags)) => crate::agent::cli::run_blocking(*flags),
         Ok(Parsed::Images(flags)) => crate::cri::images_cli::run_blocking(*flags),
         Ok(Parsed::CheckConfig(flags)) => crate::checkconfig::cli::run_blocking(flags),
+        Ok(Parsed::Token(flags)) => crate::server::token_cli::run_blocking(*flags),
         Ok(Parsed::Exit(code)) => code,
         Err(e) => {
             eprintln!("skiff: {e}");
@@ -87,6 +90,7 @@ pub enum Parsed {
     Agent(Box<crate::agent::config::AgentFlags>),
     Images(Box<crate::cri::images_cli::ImagesFlags>),
     CheckConfig(crate::checkconfig::cli::CheckConfigFlags),
+    Token(Box<crate::server::token_cli::TokenFlags>),
     /// `--help` or `--version` was printed.
     Exit(i32),
 }
@@ -128,6 +132,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed, CliError> {
         Command::Agent(flags) => Ok(Parsed::Agent(flags)),
         Command::Images(flags) => Ok(Parsed::Images(flags)),
         Command::CheckConfig(flags) => Ok(Parsed::CheckConfig(flags)),
+        Command::Token(flags) => Ok(Parsed::Token(flags)),
     }
 }
 

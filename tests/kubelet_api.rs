@@ -410,8 +410,7 @@ async fn kubectl_reaches_containers_through_the_kubelet_api() {
     let kubelet = tokio::spawn(kubelet_api::serve(
         kubelet_api::Config {
             listen: format!("127.0.0.1:{kubelet_port}").parse().expect("addr"),
-            serving_cert_pem: serving_cert,
-            serving_key_pem: serving_key,
+            serving: skiff::pki::ServingCert::new(&serving_cert, &serving_key).expect("serving certificate"),
             client_ca_pem: cluster_ca.clone(),
             node_name: NODE.to_string(),
             nodefs: dir.path().to_path_buf(),

@@ -1,8 +1,10 @@
-//! `skiff agent`: the node part alone, against a remote API server.
+//! `skiff agent`: the node part alone, against a remote API server. It joins with `--server`
+//! and `--token` (or the node credentials of an earlier join), or runs with the credentials of
+//! `--kubeconfig`.
 
 use tokio_util::sync::CancellationToken;
 
-use super::config::AgentFlags;
+use super::config::{AgentConfig, AgentFlags};
 
 /// Runs `skiff agent` until SIGINT/SIGTERM; returns the exit code.
 pub fn run_blocking(flags: AgentFlags) -> i32 {
@@ -39,30 +41,6 @@ pub fn run_blocking(flags: AgentFlags) -> i32 {
         }
     };
     rt.block_on(async move {
-        let (client, ca) = match flags.client().await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("skiff: {e}");
-                return 1;
-            }
-        };
-        let Some(client_ca_pem) = ca else {
-            eprintln!("skiff: the kubeconfig names no certificate authority, which the kubelet API needs to check the API server");
-            return 1;
-        };
-        let (dir, names) = (cfg.agent_dir(), cfg.serving_names());
-        let serving = match tokio::task::spawn_blocking(move || crate::pki::kubelet_serving(&dir, &names, None)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                eprintln!("skiff: cannot set up the kubelet's serving certificate: {e}");
-                return 1;
-            }
-            Err(e) => {
-                eprintln!("skiff: {e}");
-                return 1;
-            }
-        };
-        let tls = super::KubeletTls { serving, client_ca_pem };
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         tokio::spawn(async move {
@@ -70,6 +48,18 @@ pub fn run_blocking(flags: AgentFlags) -> i32 {
             tracing::info!("shutting down");
             stop.cancel();
         });
+        let (client, tls, renewer) = match connect(&flags, &cfg, &cancel).await {
+            Ok(c) => c,
+            // One line on stderr: e.g. the CA hash mismatch, naming both hashes.
+            Err(_) if cancel.is_cancelled() => return 0,
+            Err(e) => {
+                eprintln!("skiff: {e}");
+                return 1;
+            }
+        };
+        if let Some(r) = renewer {
+            tokio::spawn(r.run(cancel.clone()));
+        }
         match super::run(cfg, client, tls, cancel).await {
             Ok(()) => 0,
             Err(e) => {
@@ -79,4 +69,33 @@ pub fn run_blocking(flags: AgentFlags) -> i32 {
             }
         }
     })
+}
+
+type Connected = (kube::Client, super::KubeletTls, Option<super::bootstrap::Renewer>);
+
+/// The node's API client and kubelet TLS: from `--kubeconfig`, or by joining.
+async fn connect(flags: &AgentFlags, cfg: &AgentConfig, cancel: &CancellationToken) -> Result<Connected, String> {
+    if flags.kubeconfig.is_some() {
+        let (client, ca) = flags.client().await?;
+        let client_ca_pem = ca.ok_or(
+            "the kubeconfig names no certificate authority, which the kubelet API needs to check the API server",
+        )?;
+        let (dir, names) = (cfg.agent_dir(), cfg.serving_names());
+        let serving = tokio::task::spawn_blocking(move || crate::pki::kubelet_serving(&dir, &names, None))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot set up the kubelet's serving certificate: {e}"))?;
+        let serving = crate::pki::ServingCert::new(&serving.cert_pem, &serving.key_pem).map_err(|e| e.to_string())?;
+        return Ok((client, super::KubeletTls { serving, client_ca_pem }, None));
+    }
+    let join = super::bootstrap::Join {
+        server: flags.server.clone(),
+        token: flags.token.clone(),
+        agent_dir: cfg.agent_dir(),
+        node_name: cfg.node_name.clone(),
+        serving_names: cfg.serving_names(),
+    };
+    let joined = super::bootstrap::join(join, cancel).await.map_err(|e| e.to_string())?;
+    let tls = super::KubeletTls { serving: joined.serving, client_ca_pem: joined.ca_pem };
+    Ok((joined.client, tls, Some(joined.renewer)))
 }

@@ -44,13 +44,13 @@ pub struct AgentFlags {
     /// Config file (YAML; keys are the long flag names) [default: /etc/skiff/config.yaml]
     #[arg(short = 'c', long, env = "SKIFF_CONFIG_FILE", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// API server URL [default: the kubeconfig's]
+    /// API server URL, https://HOST:PORT [default: the kubeconfig's]
     #[arg(short = 's', long, env = "SKIFF_URL", value_name = "URL")]
     pub server: Option<String>,
-    /// Join token (joining with a token alone arrives with node certificates; until then give --kubeconfig)
+    /// Join token: K10<ca-hash>::<credentials>, a bootstrap token, or a bare secret
     #[arg(short = 't', long, env = "SKIFF_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Kubeconfig with this node's credentials
+    /// Kubeconfig with this node's credentials, instead of joining with --token
     #[arg(long, env = "SKIFF_KUBECONFIG", value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// Folder for all state [default: /var/lib/skiff]
@@ -329,13 +329,13 @@ fn is_dns_subdomain(s: &str) -> bool {
 impl AgentFlags {
     /// Validates `skiff agent`'s flags.
     pub fn to_config(&self) -> Result<AgentConfig, String> {
-        if self.kubeconfig.is_none() {
-            return Err(if self.token.is_some() {
-                "joining with --token alone is not supported yet: give --kubeconfig with credentials for this node"
-                    .into()
-            } else {
-                "--kubeconfig is required: a kubeconfig with credentials for this node".into()
-            });
+        if let Some(t) = &self.token
+            && t.trim().is_empty()
+        {
+            return Err("invalid value \"\" for --token: must not be empty".into());
+        }
+        if let Some(url) = &self.server {
+            super::bootstrap::cacerts::endpoint(url)?;
         }
         let root = nix::unistd::geteuid().is_root();
         self.node.to_config(NodeDefaults {

@@ -12,6 +12,7 @@
 //! HTTPS in `skiff agent`); it never sees the store. It speaks to containers only through the
 //! [`crate::cri`] room, and it owns only the sandboxes and containers it labelled itself.
 
+pub mod bootstrap;
 pub mod cli;
 pub mod cni;
 pub mod config;
@@ -65,7 +66,7 @@ pub fn cni_conf_dir(cfg: &AgentConfig) -> PathBuf {
 /// kubelet client certificate chains to.
 #[derive(Debug, Clone)]
 pub struct KubeletTls {
-    pub serving: crate::pki::KubeletServing,
+    pub serving: Arc<crate::pki::ServingCert>,
     pub client_ca_pem: String,
 }
 
@@ -156,8 +157,7 @@ pub async fn run(
     });
     let api_cfg = kubelet_api::Config {
         listen: cfg.kubelet_listen(),
-        serving_cert_pem: tls.serving.cert_pem,
-        serving_key_pem: tls.serving.key_pem,
+        serving: tls.serving,
         client_ca_pem: tls.client_ca_pem,
         node_name: cfg.node_name.clone(),
         nodefs: cfg.data_dir.clone(),
@@ -176,10 +176,15 @@ pub async fn run(
         ..Default::default()
     };
     let image_gc = image_gc::run(cri.clone(), ctx.recorder.clone(), node_ref, cfg.kubelet.clone(), cancel.clone());
-    let heartbeat = node::heartbeat(client.clone(), cri.clone(), facts, cancel.clone());
+    let network_ready = Arc::new(tokio::sync::Notify::new());
+    let heartbeat = node::heartbeat(client.clone(), cri.clone(), facts, cancel.clone(), network_ready.clone());
     let workers = async {
-        let _ = tokio::time::timeout(POD_CIDR_WAIT, configure_network(&client, &cfg, &cancel)).await;
-        tokio::join!(pods::run(ctx.clone(), cancel.clone()), configure_network(&client, &cfg, &cancel));
+        let _ =
+            tokio::time::timeout(POD_CIDR_WAIT, configure_network(&client, &cri, &cfg, &cancel, &network_ready)).await;
+        tokio::join!(
+            pods::run(ctx.clone(), cancel.clone()),
+            configure_network(&client, &cri, &cfg, &cancel, &network_ready)
+        );
     };
     let mirrors =
         static_pods::run(client.clone(), agent_dir.join("pod-manifests"), cfg.node_name.clone(), cancel.clone());
@@ -191,8 +196,15 @@ pub async fn run(
     Ok(())
 }
 
-/// Waits for the node's pod CIDR and writes the CNI configuration for it.
-async fn configure_network(client: &Client, cfg: &AgentConfig, cancel: &CancellationToken) {
+/// Waits for the node's pod CIDR and writes the CNI configuration for it, then wakes the
+/// heartbeat so the node reports Ready without waiting for its next beat.
+async fn configure_network(
+    client: &Client,
+    cri: &CriClient,
+    cfg: &AgentConfig,
+    cancel: &CancellationToken,
+    network_ready: &tokio::sync::Notify,
+) {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut logged = false;
     loop {
@@ -203,6 +215,14 @@ async fn configure_network(client: &Client, cfg: &AgentConfig, cancel: &Cancella
             match tokio::task::spawn_blocking(move || cni::write(&conf_dir, &cidr, &ipam)).await {
                 Ok(Ok(path)) => {
                     tracing::debug!(file = %path.display(), "CNI configuration written");
+                    // containerd picks the file up by itself; wake the heartbeat once it has.
+                    for _ in 0..50 {
+                        if node::runtime_problem(cri).await.is_none() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    network_ready.notify_one();
                     return;
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the CNI configuration"),

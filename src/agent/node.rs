@@ -285,7 +285,15 @@ pub async fn images(cri: &CriClient) -> Vec<ContainerImage> {
 }
 
 /// Renews the Lease and keeps the status current until `cancel` fires.
-pub async fn heartbeat(client: Client, cri: CriClient, facts: NodeFacts<'_>, cancel: CancellationToken) {
+/// `wake` cuts a wait short (the network became ready), so a new node is Ready as soon as it
+/// can be rather than at the next heartbeat.
+pub async fn heartbeat(
+    client: Client,
+    cri: CriClient,
+    facts: NodeFacts<'_>,
+    cancel: CancellationToken,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+) {
     let name = facts.cfg.node_name.clone();
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let nodes: Api<Node> = Api::all(client);
@@ -334,6 +342,7 @@ pub async fn heartbeat(client: Client, cri: CriClient, facts: NodeFacts<'_>, can
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(HEARTBEAT) => {}
+            _ = wake.notified() => {}
         }
     }
 }

@@ -5,10 +5,11 @@
 //! only what changed (the serving certificate's names) or is about to expire is re-issued.
 //! This room writes files and builds TLS configurations; it never opens a socket.
 
+pub mod csr;
 mod kubeconfig;
 mod sa_key;
 mod tls;
-mod token;
+pub mod token;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -22,9 +23,10 @@ use rcgen::{
 pub use kubeconfig::write_kubeconfig;
 pub use sa_key::ServiceAccountKey;
 pub use tls::{
-    ClientIdentity, identity_from_cert, kubelet_client_tls_config, kubelet_serving_tls_config, server_tls_config,
+    ClientCertCheck, ClientIdentity, ServingCert, identity_from_cert, kubelet_client_tls_config,
+    kubelet_serving_tls_config, server_tls_config, unverified_server_tls_client,
 };
-pub use token::{JoinToken, format_token, parse_token};
+pub use token::{Credential, JoinToken, ca_hash, format_token, parse_token};
 
 /// Errors of the PKI room.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,8 @@ pub struct PkiConfig {
     pub tls_sans: Vec<String>,
     /// `--token`: a bare secret or a full `K10…::server:secret` token.
     pub token: Option<String>,
+    /// `--agent-token`: joins agents, never servers.
+    pub agent_token: Option<String>,
 }
 
 /// The server's certificates, keys and token, as PEM.
@@ -70,6 +74,8 @@ pub struct ServerPki {
     pub kubelet_client_cert_pem: String,
     pub kubelet_client_key_pem: String,
     pub token: String,
+    /// The agent token `K10…::node:secret`, when `--agent-token` is given.
+    pub agent_token: Option<String>,
     pub sa: ServiceAccountKey,
 }
 
@@ -125,6 +131,14 @@ fn validity(params: &mut CertificateParams, days: i64) {
 
 fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
+}
+
+/// The validity of a PEM certificate (the first in the text) as Unix seconds:
+/// `(not_before, not_after)`; None if unparsable.
+pub fn cert_times(cert_pem: &str) -> Option<(i64, i64)> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some((cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp()))
 }
 
 /// Days until a PEM certificate expires (negative when expired); None if unparsable.
@@ -258,6 +272,7 @@ pub fn load_or_create(cfg: &PkiConfig) -> Result<ServerPki, PkiError> {
 
     let sa = ServiceAccountKey::load_or_create(&dir.join("service.key"), &dir.join("service.pub"))?;
     let token = token::load_or_create(&cfg.server_dir.join("token"), &ca_pem, cfg.token.as_deref())?;
+    let agent_token = token::agent_token(&cfg.server_dir.join("agent-token"), &ca_pem, cfg.agent_token.as_deref())?;
 
     Ok(ServerPki {
         serving_chain_pem: format!("{serving_cert}{ca_pem}"),
@@ -269,6 +284,7 @@ pub fn load_or_create(cfg: &PkiConfig) -> Result<ServerPki, PkiError> {
         kubelet_client_cert_pem,
         kubelet_client_key_pem,
         token,
+        agent_token,
         sa,
     })
 }
@@ -365,6 +381,7 @@ mod tests {
             cluster_domain: "cluster.local".into(),
             tls_sans: vec![],
             token: None,
+            agent_token: None,
         }
     }
 
@@ -378,7 +395,8 @@ mod tests {
         assert!(a.cert_pem.ends_with(&pki.ca_pem), "the chain ends with the CA");
         let again = kubelet_serving(&agent, &sans, Some(&pki)).unwrap();
         assert_eq!(a.cert_pem, again.cert_pem, "kept across starts");
-        crate::pki::kubelet_serving_tls_config(&a.cert_pem, &a.key_pem, &pki.ca_pem).unwrap();
+        crate::pki::kubelet_serving_tls_config(ServingCert::new(&a.cert_pem, &a.key_pem).unwrap(), &pki.ca_pem)
+            .unwrap();
         let own = kubelet_serving(&agent, &sans, None).unwrap();
         assert_ne!(own.cert_pem, a.cert_pem, "a new signer re-issues");
         let (_, pem) = x509_parser::pem::parse_x509_pem(own.cert_pem.as_bytes()).unwrap();

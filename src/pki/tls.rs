@@ -2,8 +2,11 @@
 
 use std::sync::Arc;
 
+use std::sync::RwLock;
+
 use rustls::server::WebPkiClientVerifier;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject};
 
 use super::{PkiError, ServerPki};
 
@@ -18,9 +21,12 @@ fn tls(e: impl std::fmt::Display) -> PkiError {
     PkiError::Tls(e.to_string())
 }
 
-/// The server configuration: our chain, client certificates optional but verified against
-/// the cluster CA when presented, ALPN `h2` and `http/1.1`.
-pub fn server_tls_config(pki: &ServerPki) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+/// The server configuration: our chain, any client certificate accepted at the handshake
+/// (with proof that the client holds its key), ALPN `h2` and `http/1.1`. Whether the
+/// certificate chains to the cluster CA is [`ClientCertCheck`]'s to say after the handshake,
+/// so that a certificate from elsewhere is answered with 401, as upstream's x509
+/// authenticator does, instead of a broken handshake.
+pub fn server_tls_config(pki: &ServerPki) -> Result<(Arc<rustls::ServerConfig>, ClientCertCheck), PkiError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
@@ -36,10 +42,118 @@ pub fn server_tls_config(pki: &ServerPki) -> Result<Arc<rustls::ServerConfig>, P
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(tls)?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(AnyClientCert(verifier.clone())))
         .with_single_cert(chain, key)
         .map_err(tls)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((Arc::new(cfg), ClientCertCheck(verifier)))
+}
+
+/// Verifies a client's certificate chain against the cluster CA (and its validity period).
+#[derive(Debug, Clone)]
+pub struct ClientCertCheck(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertCheck {
+    /// Whether `chain` (leaf first) is a valid client certificate of the cluster CA now.
+    pub fn verify(&self, chain: &[CertificateDer<'_>]) -> bool {
+        let Some((leaf, rest)) = chain.split_first() else { return false };
+        self.0.verify_client_cert(leaf, rest, UnixTime::now()).is_ok()
+    }
+}
+
+/// Accepts any client certificate at the handshake but checks the handshake signatures, so the
+/// session is bound to the key of the certificate presented.
+#[derive(Debug)]
+struct AnyClientCert(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for AnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// A kubelet's serving certificate that can be replaced while the kubelet API runs (renewal):
+/// new handshakes get the new one.
+#[derive(Debug)]
+pub struct ServingCert(RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl ServingCert {
+    /// From a PEM chain and key.
+    pub fn new(cert_pem: &str, key_pem: &str) -> Result<Arc<ServingCert>, PkiError> {
+        Ok(Arc::new(ServingCert(RwLock::new(certified_key(cert_pem, key_pem)?))))
+    }
+
+    /// Replaces the certificate.
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<(), PkiError> {
+        let k = certified_key(cert_pem, key_pem)?;
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = k;
+        Ok(())
+    }
+}
+
+fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::sign::CertifiedKey>, PkiError> {
+    let provider = rustls::crypto::ring::default_provider();
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(tls)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(tls)?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::from_der(chain, key, &provider).map_err(tls)?))
+}
+
+impl rustls::server::ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+/// A client configuration that accepts any server certificate. Only for fetching a CA bundle
+/// that is checked against a pinned hash before anything is trusted or sent.
+pub fn unverified_server_tls_client() -> Result<Arc<rustls::ClientConfig>, PkiError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(tls)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(UnverifiedKubelet(provider)))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
 
@@ -58,13 +172,12 @@ pub fn identity_from_cert(der: &[u8]) -> Result<ClientIdentity, PkiError> {
     Ok(ClientIdentity { user, groups })
 }
 
-/// The kubelet API's server configuration: its serving certificate, and client certificates
-/// optional at the handshake (so that a missing one can be answered with 401) but verified
-/// against `client_ca_pem` when presented. HTTP/1.1 only: exec, attach and port-forward are
-/// HTTP/1.1 upgrades.
+/// The kubelet API's server configuration: its serving certificate (replaceable), and client
+/// certificates optional at the handshake (so that a missing one can be answered with 401)
+/// but verified against `client_ca_pem` when presented. HTTP/1.1 only: exec, attach and
+/// port-forward are HTTP/1.1 upgrades.
 pub fn kubelet_serving_tls_config(
-    serving_cert_pem: &str,
-    serving_key_pem: &str,
+    serving: Arc<ServingCert>,
     client_ca_pem: &str,
 ) -> Result<Arc<rustls::ServerConfig>, PkiError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -76,15 +189,11 @@ pub fn kubelet_serving_tls_config(
         .allow_unauthenticated()
         .build()
         .map_err(tls)?;
-    let chain =
-        CertificateDer::pem_slice_iter(serving_cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(tls)?;
-    let key = PrivateKeyDer::from_pem_slice(serving_key_pem.as_bytes()).map_err(tls)?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(tls)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(tls)?;
+        .with_cert_resolver(serving);
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

@@ -61,6 +61,12 @@ pub struct ServerFlags {
     /// Shared secret for joining nodes [default: generated on first start]
     #[arg(short = 't', long, env = "SKIFF_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Secret that joins agents only, never servers [default: none; the token joins agents]
+    #[arg(long, env = "SKIFF_AGENT_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub agent_token: Option<String>,
+    /// Lifetime of the certificates the cluster signs for CSRs, e.g. 8760h [default: 8760h]
+    #[arg(long, env = "SKIFF_CLUSTER_SIGNING_DURATION", value_name = "DURATION", hide = true)]
+    pub cluster_signing_duration: Option<String>,
     /// Log format [default: text]
     #[arg(long, env = "SKIFF_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -111,6 +117,9 @@ pub struct ServerConfig {
     pub write_kubeconfig: PathBuf,
     pub write_kubeconfig_mode: u32,
     pub token: Option<String>,
+    pub agent_token: Option<String>,
+    /// Lifetime of certificates signed for CSRs (`--cluster-signing-duration`).
+    pub cluster_signing_duration: std::time::Duration,
     pub log_format: LogFormat,
     pub verbosity: u8,
     pub store_history_window: u64,
@@ -212,6 +221,22 @@ impl ServerConfig {
         {
             return Err("invalid value \"\" for --token: must not be empty".into());
         }
+        if let Some(t) = &f.agent_token
+            && t.trim().is_empty()
+        {
+            return Err("invalid value \"\" for --agent-token: must not be empty".into());
+        }
+        let cluster_signing_duration = match &f.cluster_signing_duration {
+            None => std::time::Duration::from_secs(365 * 86_400),
+            Some(text) => crate::api::cron::go_duration(text)
+                .ok()
+                .and_then(|ns| u64::try_from(ns).ok())
+                .map(std::time::Duration::from_nanos)
+                .filter(|d| d.as_secs() >= 10)
+                .ok_or_else(|| {
+                    format!("invalid value \"{text}\" for --cluster-signing-duration: expected a duration of at least 10s, such as 8760h")
+                })?,
+        };
         for name in &f.disable_controller {
             if !crate::server::controllers::NAMES.contains(&name.as_str()) {
                 return Err(format!(
@@ -255,6 +280,8 @@ impl ServerConfig {
             write_kubeconfig: f.write_kubeconfig.unwrap_or_else(|| default_kubeconfig_path(root)),
             write_kubeconfig_mode,
             token: f.token,
+            agent_token: f.agent_token,
+            cluster_signing_duration,
             log_format: f.log_format.unwrap_or(LogFormat::Text),
             verbosity: f.v.unwrap_or(0),
             store_history_window: f.store_history_window.unwrap_or(10_000),

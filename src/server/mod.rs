@@ -10,6 +10,7 @@ pub mod controllers;
 pub mod inproc;
 pub mod scheduler;
 pub mod store;
+pub mod token_cli;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -87,6 +88,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         cluster_domain: cfg.cluster_domain.clone(),
         tls_sans: cfg.tls_san.clone(),
         token: cfg.token.clone(),
+        agent_token: cfg.agent_token.clone(),
     };
     let pki = tokio::task::spawn_blocking(move || crate::pki::load_or_create(&pki_cfg))
         .await
@@ -109,7 +111,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let objects = apiserver::objects::Objects::new(store.clone(), alloc);
     apiserver::bootstrap::restore_allocations(&objects).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
 
-    let tls = crate::pki::server_tls_config(&pki).context("cannot build the TLS configuration")?;
+    let (tls, cert_check) = crate::pki::server_tls_config(&pki).context("cannot build the TLS configuration")?;
     let addr = SocketAddr::new(cfg.bind_address, cfg.https_listen_port);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(cfg.https_listen_port);
@@ -126,6 +128,11 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         shutdown: shutdown.clone(),
         ready: Default::default(),
         advertise: SocketAddr::new(cfg.advertise_address, port).to_string(),
+        ca_pem: pki.ca_pem.clone(),
+        join: apiserver::join::JoinSecrets {
+            server: crate::pki::parse_token(&pki.token).map(|t| t.secret).unwrap_or_default(),
+            agent: pki.agent_token.as_deref().and_then(|t| crate::pki::parse_token(t).ok()).map(|t| t.secret),
+        },
         kubelet_client: Some(Arc::new(
             apiserver::node_proxy::KubeletClient::new(&pki.kubelet_client_cert_pem, &pki.kubelet_client_key_pem)
                 .context("cannot build the kubelet client")?,
@@ -136,7 +143,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         .await
         .map_err(|e| anyhow::anyhow!("cannot create bootstrap objects: {}", e.message))?;
     api.ready.store(true, Ordering::Release);
-    let serving = tokio::spawn(apiserver::serve(listener, tls, api.clone(), shutdown.clone()));
+    let serving = tokio::spawn(apiserver::serve(listener, tls, cert_check, api.clone(), shutdown.clone()));
 
     let local = if cfg.bind_address.is_unspecified() { cfg.advertise_address } else { cfg.bind_address };
     let url = format!("https://{}", SocketAddr::new(local, port));
@@ -167,11 +174,13 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
                 .await
                 .context("PKI task failed")?
                 .context("cannot set up the kubelet's serving certificate")?;
+            let serving = crate::pki::ServingCert::new(&serving.cert_pem, &serving.key_pem)
+                .context("cannot load the kubelet's serving certificate")?;
             Some(crate::agent::KubeletTls { serving, client_ca_pem: pki.ca_pem.clone() })
         }
         None => None,
     };
-    let components = start_components(&cfg, &api, &pki.ca_pem, &hostname, kubelet_tls, &shutdown);
+    let components = start_components(&cfg, &api, &pki, &hostname, kubelet_tls, &shutdown);
     notify_ready();
 
     shutdown.cancelled().await;
@@ -189,7 +198,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
 fn start_components(
     cfg: &ServerConfig,
     api: &Arc<apiserver::ApiServer>,
-    ca_pem: &str,
+    pki: &Arc<crate::pki::ServerPki>,
     hostname: &str,
     kubelet_tls: Option<crate::agent::KubeletTls>,
     shutdown: &CancellationToken,
@@ -201,6 +210,7 @@ fn start_components(
     cfg.data_dir.hash(&mut h);
     let identity = format!("{hostname}_{:016x}", h.finish());
     let cm_client = inproc::client(api.clone(), "system:kube-controller-manager");
+    let ca_pem = &pki.ca_pem;
     let informers = crate::runtime::Informers::new(cm_client.clone(), shutdown.child_token());
     // The scheduler and the controllers share this pod cache; see what it keeps there.
     informers.trim::<k8s_openapi::api::core::v1::Pod>(controllers::pods::control_plane_view);
@@ -215,6 +225,8 @@ fn start_components(
         node_monitor_grace: cfg.node_monitor_grace_period,
         terminated_pod_gc_threshold: cfg.terminated_pod_gc_threshold,
         ca_pem: ca_pem.to_string(),
+        pki: pki.clone(),
+        cluster_signing_duration: cfg.cluster_signing_duration,
     });
     let disabled = cfg.disable_controllers.clone();
     let elector = crate::runtime::leader::Elector::new(cm_client, "kube-controller-manager", &identity);

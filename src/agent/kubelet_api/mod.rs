@@ -4,7 +4,7 @@
 //! Its door to the rest of the agent is [`PodSource`], which the pod workers implement:
 //!
 //! ```text
-//! serve(Config { listen, serving_cert_pem, serving_key_pem, client_ca_pem, node_name, nodefs },
+//! serve(Config { listen, serving, client_ca_pem, node_name, nodefs },
 //!       cri: CriClient, pods: Arc<dyn PodSource>, cancel) -> Result<(), KubeletApiError>
 //! ```
 //!
@@ -72,8 +72,8 @@ pub struct ContainerRef {
 pub struct Config {
     /// Default `0.0.0.0:10250`.
     pub listen: SocketAddr,
-    pub serving_cert_pem: String,
-    pub serving_key_pem: String,
+    /// The serving certificate; renewal replaces it in place.
+    pub serving: std::sync::Arc<crate::pki::ServingCert>,
     /// Client certificates must chain to this CA (the cluster CA).
     pub client_ca_pem: String,
     /// The node's name, for `/stats/summary`.
@@ -106,7 +106,7 @@ pub async fn serve(
     pods: Arc<dyn PodSource>,
     cancel: CancellationToken,
 ) -> Result<(), KubeletApiError> {
-    let tls = crate::pki::kubelet_serving_tls_config(&cfg.serving_cert_pem, &cfg.serving_key_pem, &cfg.client_ca_pem)?;
+    let tls = crate::pki::kubelet_serving_tls_config(cfg.serving.clone(), &cfg.client_ca_pem)?;
     let listener =
         TcpListener::bind(cfg.listen).await.map_err(|source| KubeletApiError::Listen { addr: cfg.listen, source })?;
     tracing::info!(addr = %cfg.listen, "kubelet API listening");

@@ -104,8 +104,9 @@ pub trait Authorizer: Send + Sync {
 }
 
 /// The authorizer until RBAC lands: `system:masters` and the in-process control-plane
-/// components may do everything, others nothing except discovery, health and their own
-/// identity reviews.
+/// components may do everything; bootstrappers (join tokens) may create, get, list and watch
+/// CertificateSigningRequests, as upstream's `system:node-bootstrapper` role allows; others
+/// nothing except discovery, health and their own identity reviews.
 pub struct MastersOnly;
 
 /// Identities of the components `skiff server` runs in-process (upstream binds each to its own
@@ -115,6 +116,15 @@ pub const CONTROL_PLANE_USERS: &[&str] = &["system:kube-scheduler", "system:kube
 /// The group of node identities (`system:node:<name>`). Until a node authorizer narrows them to
 /// their own objects, nodes may do what the control plane may.
 pub const NODES: &str = "system:nodes";
+
+/// What a bootstrapper (a join token) may do: create and read CertificateSigningRequests.
+fn is_bootstrapper_request(req: &RequestInfo) -> bool {
+    req.is_resource_request
+        && req.group == "certificates.k8s.io"
+        && req.resource == "certificatesigningrequests"
+        && req.subresource.is_empty()
+        && matches!(req.verb.as_str(), "create" | "get" | "list" | "watch")
+}
 
 /// Requests any authenticated user may make (upstream grants these through the
 /// `system:discovery`, `system:basic-user` and `system:public-info-viewer` roles).
@@ -136,6 +146,7 @@ impl Authorizer for MastersOnly {
         if user.groups.iter().any(|g| g == MASTERS || g == NODES)
             || CONTROL_PLANE_USERS.contains(&user.name.as_str())
             || is_basic_request(req)
+            || (user.groups.iter().any(|g| g == super::join::BOOTSTRAPPERS) && is_bootstrapper_request(req))
         {
             Decision::Allow
         } else {
@@ -188,6 +199,22 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(MastersOnly.authorize(&admin, &req), Decision::Allow);
+        let joiner = UserInfo {
+            name: "system:bootstrap:abcdef".into(),
+            groups: vec![super::super::join::BOOTSTRAPPERS.into(), AUTHENTICATED.into()],
+            ..Default::default()
+        };
+        assert_eq!(MastersOnly.authorize(&joiner, &req), Decision::Deny(String::new()));
+        let csr = RequestInfo {
+            is_resource_request: true,
+            verb: "create".into(),
+            group: "certificates.k8s.io".into(),
+            resource: "certificatesigningrequests".into(),
+            ..Default::default()
+        };
+        assert_eq!(MastersOnly.authorize(&joiner, &csr), Decision::Allow);
+        let approve = RequestInfo { verb: "update".into(), subresource: "approval".into(), ..csr.clone() };
+        assert_eq!(MastersOnly.authorize(&joiner, &approve), Decision::Deny(String::new()));
         assert_eq!(MastersOnly.authorize(&bob, &req), Decision::Deny(String::new()));
         assert_eq!(
             forbidden_message(&bob, &req, ""),

@@ -35,6 +35,8 @@ pub struct Call<'a> {
     pub content_type: Option<String>,
     pub user_agent: String,
     pub body: Bytes,
+    /// A joining box's node password (CSR creation with a join token).
+    pub node_password: Option<String>,
 }
 
 impl Call<'_> {
@@ -342,6 +344,9 @@ pub async fn create(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
     let mut obj = c.decode_body()?;
     c.check_duplicates(&mut ctx)?;
     c.server.objects.check_body(c.info, &mut obj, &mut ctx)?;
+    if c.info.group == "certificates.k8s.io" && c.info.plural == "certificatesigningrequests" {
+        c.server.admit_csr(c.user, &mut obj, c.node_password.as_deref(), ctx.dry_run).await?;
+    }
     let created = c.server.objects.create(c.info, c.namespace(), obj, &mut ctx).await?;
     let mut r = c.object_response(201, &created)?;
     response::add_warnings(&mut r, &ctx.warnings);

@@ -8,10 +8,12 @@
 pub mod apply;
 pub mod auth;
 pub mod bootstrap;
+pub mod certificates;
 pub mod codec;
 pub mod discovery;
 pub mod handlers;
 pub mod ipalloc;
+pub mod join;
 pub mod listing;
 pub mod managed_fields;
 pub mod negotiate;
@@ -67,6 +69,10 @@ pub struct ApiServer {
     pub sa_issuer: String,
     /// The identity logs, exec, attach, port-forward and node proxying present to kubelets.
     pub kubelet_client: Option<Arc<node_proxy::KubeletClient>>,
+    /// The cluster CA bundle as stored (`GET /cacerts`).
+    pub ca_pem: String,
+    /// The server and agent token secrets.
+    pub join: join::JoinSecrets,
 }
 
 /// Paths anyone may read without credentials.
@@ -78,16 +84,20 @@ fn is_public_path(path: &str) -> bool {
 }
 
 impl ApiServer {
-    /// Authenticates a request: a verified client certificate first, then a bearer token, as
-    /// upstream's union authenticator orders them; neither means anonymous.
-    fn authenticate(&self, cert_user: Option<UserInfo>, headers: &http::HeaderMap) -> Result<UserInfo, ApiError> {
+    /// Authenticates a request: a verified client certificate first, then a bearer token (a
+    /// service-account token, else a join token), as upstream's union authenticator orders
+    /// them; neither means anonymous.
+    async fn authenticate(&self, cert_user: Option<UserInfo>, headers: &http::HeaderMap) -> Result<UserInfo, ApiError> {
         if let Some(u) = cert_user {
             return Ok(u);
         }
         if let Some(auth) = headers.get(header::AUTHORIZATION) {
             let value = auth.to_str().unwrap_or("");
             if let Some(token) = value.strip_prefix("Bearer ").map(str::trim) {
-                return self.tokens.authenticate(token).ok_or_else(ApiError::unauthorized);
+                if let Some(u) = self.tokens.authenticate(token) {
+                    return Ok(u);
+                }
+                return self.authenticate_join_token(token).await.ok_or_else(ApiError::unauthorized);
             }
         }
         Ok(UserInfo::anonymous())
@@ -102,7 +112,12 @@ impl ApiServer {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_string();
         let query = Query::parse(parts.uri.query());
-        let user = match self.authenticate(cert_user, &parts.headers) {
+        // The CA bundle is public: a joining box needs it before it can trust anything, and
+        // compares its hash with the token's before it sends a credential.
+        if path == "/cacerts" && (parts.method == Method::GET || parts.method == Method::HEAD) {
+            return join::cacerts(&self.ca_pem);
+        }
+        let user = match self.authenticate(cert_user, &parts.headers).await {
             Ok(u) => u,
             Err(e) => return response::error(&e),
         };
@@ -239,12 +254,24 @@ impl ApiServer {
         let output = negotiate::choose_output(accept)?;
         let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(String::from);
         let user_agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let node_password =
+            parts.headers.get(join::NODE_PASSWORD_HEADER).and_then(|v| v.to_str().ok()).map(String::from);
         let body = match parts.method {
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE => handlers::read_body(body).await?,
             _ => Bytes::new(),
         };
-        let call =
-            Call { server: self, info: resource, req: info, query, user, output, content_type, user_agent, body };
+        let call = Call {
+            server: self,
+            info: resource,
+            req: info,
+            query,
+            user,
+            output,
+            content_type,
+            user_agent,
+            body,
+            node_password,
+        };
         let verb = info.verb.as_str();
         let check_verb = |v: &str| {
             if resource.has_verb(v) {
@@ -277,6 +304,18 @@ impl ApiServer {
                     _ => {
                         Err(ApiError::method_not_supported(resource.group, &format!("{}/scale", resource.plural), verb))
                     }
+                };
+            }
+            ("approval", _) if resource.group == "certificates.k8s.io" => {
+                return match parts.method {
+                    Method::GET => handlers::get(&call).await,
+                    Method::PUT => handlers::update(&call).await,
+                    Method::PATCH => handlers::patch(&call).await,
+                    _ => Err(ApiError::method_not_supported(
+                        resource.group,
+                        &format!("{}/approval", resource.plural),
+                        verb,
+                    )),
                 };
             }
             ("binding", _) if parts.method == Method::POST => return subresources::bind(&call, &info.name).await,

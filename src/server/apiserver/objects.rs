@@ -525,7 +525,10 @@ impl Objects {
                 "the namespace of the provided object does not match the namespace sent on the request",
             ));
         }
-        let mut next = if subresource == "status" {
+        let is_csr = info.group == "certificates.k8s.io" && info.plural == "certificatesigningrequests";
+        let mut next = if is_csr {
+            super::certificates::merge_update(subresource, desired, current, name)?
+        } else if subresource == "status" {
             // Status writes change only status (and never spec, labels or annotations).
             let mut n = current.clone();
             if let Some(m) = n.as_object_mut() {

@@ -1,5 +1,6 @@
-//! The TLS accept loop: rustls handshakes (client certificates optional, verified against the
-//! cluster CA), HTTP/1.1 and HTTP/2 on each connection, graceful shutdown.
+//! The TLS accept loop: rustls handshakes (client certificates optional; one the cluster CA did
+//! not sign makes every request on the connection a 401), HTTP/1.1 and HTTP/2 on each
+//! connection, graceful shutdown.
 //!
 //! Garbage on the port costs one failed handshake and a closed connection; a handshake that
 //! does not finish in time is dropped, so idle sockets cannot pile up.
@@ -26,6 +27,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    cert_check: crate::pki::ClientCertCheck,
     server: Arc<ApiServer>,
     shutdown: CancellationToken,
 ) {
@@ -46,6 +48,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let server = server.clone();
+        let cert_check = cert_check.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -59,14 +62,19 @@ pub async fn serve(
                     return;
                 }
             };
-            let cert_user = client_user(&tls, peer);
+            let cert_user = client_user(&tls, &cert_check, peer);
             let svc = service_fn(move |req| {
                 let server = server.clone();
                 let user = cert_user.clone();
                 async move {
                     let (method, path) = (req.method().clone(), req.uri().path().to_string());
                     let started = std::time::Instant::now();
-                    let resp = server.handle(user, req).await;
+                    let resp = match user {
+                        Ok(user) => server.handle(user, req).await,
+                        // A certificate that is not the cluster's is no identity at all, not
+                        // anonymous: every request is refused, as upstream's authenticator does.
+                        Err(()) => super::response::error(&crate::api::status::ApiError::unauthorized()),
+                    };
                     tracing::debug!(%peer, %method, %path, status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
                     Ok::<_, std::convert::Infallible>(resp)
                 }
@@ -86,14 +94,25 @@ pub async fn serve(
     }
 }
 
-fn client_user(tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>, peer: SocketAddr) -> Option<UserInfo> {
+/// The identity of the connection's client certificate: `Ok(None)` without one, `Err` for a
+/// certificate the cluster CA did not sign (or that expired).
+fn client_user(
+    tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    check: &crate::pki::ClientCertCheck,
+    peer: SocketAddr,
+) -> Result<Option<UserInfo>, ()> {
     let (_, conn) = tls.get_ref();
-    let cert = conn.peer_certificates()?.first()?;
+    let Some(chain) = conn.peer_certificates() else { return Ok(None) };
+    let Some(cert) = chain.first() else { return Ok(None) };
+    if !check.verify(chain) {
+        tracing::debug!(%peer, "client certificate not valid for the cluster CA");
+        return Err(());
+    }
     match crate::pki::identity_from_cert(cert.as_ref()) {
-        Ok(id) => Some(UserInfo::from_cert(id)),
+        Ok(id) => Ok(Some(UserInfo::from_cert(id))),
         Err(e) => {
             tracing::debug!(%peer, error = %e, "client certificate without a usable subject");
-            None
+            Ok(None)
         }
     }
 }

@@ -9,6 +9,8 @@
 //! keeps state that cannot be rebuilt from the API (a restarted server resumes where it was).
 
 pub mod cronjob;
+pub mod csrapproving;
+pub mod csrsigning;
 pub mod daemonset;
 pub mod deployment;
 pub mod discovery;
@@ -22,6 +24,7 @@ pub mod job;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod nodepassword;
 pub mod per_namespace;
 pub mod podgc;
 pub mod pods;
@@ -29,6 +32,7 @@ pub mod replicaset;
 pub mod rootca;
 pub mod serviceaccount;
 pub mod statefulset;
+pub mod tokencleaner;
 pub mod ttlafterfinished;
 
 use std::sync::Arc;
@@ -60,6 +64,10 @@ pub const NAMES: &[&str] = &[
     "cronjob",
     "ttl-after-finished",
     "podgc",
+    "csrapproving",
+    "csrsigning",
+    "tokencleaner",
+    "nodepassword",
 ];
 
 /// What controllers share.
@@ -78,6 +86,10 @@ pub struct Ctx {
     pub terminated_pod_gc_threshold: usize,
     /// The cluster CA bundle published in every namespace.
     pub ca_pem: String,
+    /// The cluster CA, which signs approved certificate requests.
+    pub pki: Arc<crate::pki::ServerPki>,
+    /// Lifetime of the certificates signed for requests (`--cluster-signing-duration`).
+    pub cluster_signing_duration: Duration,
 }
 
 impl Ctx {
@@ -116,6 +128,10 @@ pub async fn run(ctx: Arc<Ctx>, disabled: Vec<String>, cancel: CancellationToken
     start!("cronjob", cronjob::run);
     start!("ttl-after-finished", ttlafterfinished::run);
     start!("podgc", podgc::run);
+    start!("csrapproving", csrapproving::run);
+    start!("csrsigning", csrsigning::run);
+    start!("tokencleaner", tokencleaner::run);
+    start!("nodepassword", nodepassword::run);
     tracing::info!(disabled = ?disabled, "controllers started");
     while tasks.join_next().await.is_some() {}
 }

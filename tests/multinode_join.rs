@@ -1,0 +1,484 @@
+//! Agents joining with a token (TLS bootstrap): a `skiff server --disable-agent` and real
+//! `skiff agent`s, each with its own containerd, in one network namespace the test creates
+//! (the agents reach the server on the namespace's node address; nothing leaves it). kubectl
+//! 1.32 checks what the cluster shows.
+//!
+//! The "server never saw the secret" check runs the agent against a stand-in HTTPS server on
+//! loopback that terminates TLS itself and records every request it receives, decrypted.
+//!
+//! Needs root, containerd, runc, the CNI plugins and busybox-static; without them each test
+//! prints why and passes without running.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod images;
+mod node;
+
+use node::Box;
+
+/// A `skiff agent` inside the box's namespace; SIGKILLed when dropped.
+struct Agent {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+fn agent_command(b: &Box, dir: &str, name: &str, port: u16, token: Option<&str>) -> Command {
+    let data = b.data_dir().join("agents").join(dir);
+    std::fs::create_dir_all(&data).expect("agent dir");
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/var/run/netns/{}", b.netns))
+        .arg(node::skiff_bin())
+        .arg("agent")
+        .args(["--server", &format!("https://{}:6443", b.node_ip)])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--node-name", name, "--node-ip", &b.node_ip, "--kubelet-arg", &format!("port={port}")])
+        .env_remove("SKIFF_TOKEN")
+        .env("SKIFF_LOG", "info")
+        .stdin(Stdio::null());
+    if let Some(t) = token {
+        cmd.args(["--token", t]);
+    }
+    cmd
+}
+
+impl Agent {
+    fn start(b: &Box, dir: &str, name: &str, port: u16, token: Option<&str>) -> Agent {
+        let log = b.dir.path().join(format!("agent-{dir}-{}.log", std::process::id() ^ port as u32));
+        let file = std::fs::File::create(&log).expect("agent log");
+        let child = agent_command(b, dir, name, port, token)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start skiff agent");
+        Agent { child: Some(child), log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs an agent that is expected to stop by itself; (exit code, stderr).
+fn agent_exits(b: &Box, dir: &str, name: &str, token: &str) -> (i32, String) {
+    let out = agent_command(b, dir, name, 20299, Some(token)).output().expect("run skiff agent");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn server_token(b: &Box) -> String {
+    std::fs::read_to_string(b.data_dir().join("server").join("token")).expect("token file").trim().to_string()
+}
+
+fn node_ready(b: &Box, name: &str) -> bool {
+    let out = b.kubectl(&["get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]);
+    String::from_utf8_lossy(&out.stdout) == "True"
+}
+
+fn csrs(b: &Box) -> Vec<serde_json::Value> {
+    b.json(&["get", "csr"])["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool, log: impl Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", node::tail(&log(), 60));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).expect("file").permissions().mode() & 0o777
+}
+
+#[test]
+fn secure_token_joins_ready_with_approved_csrs_restarts_without_token_and_owns_its_name() {
+    require_node!();
+    let b = Box::start_with("join", &["--disable-agent"]);
+    let token = server_token(&b);
+    assert!(token.starts_with("K10"), "{token}");
+
+    let started = Instant::now();
+    let mut w1 = Agent::start(&b, "w1", "w1", 20251, Some(&token));
+    wait_until("w1 to be Ready", Duration::from_secs(60), || node_ready(&b, "w1"), || w1.log());
+    eprintln!("join to Ready: {} ms", started.elapsed().as_millis());
+
+    // Both certificates went through CertificateSigningRequests, approved and issued.
+    let list = csrs(&b);
+    let mut seen: Vec<(String, String)> = list
+        .iter()
+        .map(|c| {
+            let approved = c["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter().any(|x| x["type"] == "Approved" && x["status"] == "True" && x["reason"] == "AutoApproved")
+            });
+            assert!(approved, "approved: {c}");
+            assert!(c["status"]["certificate"].as_str().is_some_and(|s| !s.is_empty()), "issued: {c}");
+            (c["spec"]["signerName"].as_str().unwrap().to_string(), c["spec"]["username"].as_str().unwrap().to_string())
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("kubernetes.io/kube-apiserver-client-kubelet".into(), "system:bootstrap:skiff-server-token".into()),
+            ("kubernetes.io/kubelet-serving".into(), "system:node:w1".into()),
+        ]
+    );
+    let table = b.ok(&["get", "csr"]);
+    assert_eq!(table.matches("Approved,Issued").count(), 2, "{table}");
+
+    // The node's credentials: its own key, on this box only.
+    let agent_dir = b.data_dir().join("agents").join("w1").join("agent");
+    let kubeconfig = agent_dir.join("kubelet.kubeconfig");
+    assert_eq!(mode(&kubeconfig), 0o600);
+    assert_eq!(mode(&agent_dir.join("serving-kubelet.key")), 0o600);
+    let kc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&kubeconfig).unwrap()).unwrap();
+    let key_b64 = kc["users"][0]["user"]["client-key-data"].as_str().unwrap().to_string();
+    let everything = b.ok(&["get", "csr,secrets,configmaps", "-A", "-o", "json"]);
+    assert!(!everything.contains(&key_b64), "the private key is nowhere in the API");
+    assert!(!everything.contains("PRIVATE KEY"));
+    // kubectl with the node's own kubeconfig is the node.
+    let whoami = b.ok(&[
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ]);
+    assert_eq!(whoami, "system:node:w1");
+
+    // A restart reuses the node credentials: no token, no new requests.
+    w1.kill();
+    let mut w1 = Agent::start(&b, "w1", "w1", 20251, None);
+    wait_until(
+        "w1 to start again",
+        Duration::from_secs(30),
+        || {
+            w1.log().contains("using the node credentials of an earlier join")
+                && w1.log().contains("kubelet API listening")
+        },
+        || w1.log(),
+    );
+    wait_until("w1 to be Ready again", Duration::from_secs(30), || node_ready(&b, "w1"), || w1.log());
+    assert_eq!(csrs(&b).len(), 2, "no new certificate requests");
+
+    // Another box claiming the name is refused, and nothing is stored for it.
+    let (code, err) = agent_exits(&b, "intruder", "w1", &token);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err.trim_end().lines().last().unwrap_or_default(),
+        "skiff: the server refused the request: certificatesigningrequests.certificates.k8s.io is forbidden: node password rejected: the node name \"w1\" belongs to another box; delete the Node to free the name, or join this box with another --node-name"
+    );
+    assert_eq!(csrs(&b).len(), 2, "the refused request was not stored");
+
+    // A node may not ask for another node's certificate.
+    let (csr_pem, _) = skiff::pki::csr::new_request("system:node:w2", &["system:nodes".to_string()], &[]).unwrap();
+    use base64::Engine;
+    let manifest = serde_json::json!({
+        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {"name": "steal-w2"},
+        "spec": {"request": base64::engine::general_purpose::STANDARD.encode(csr_pem), "signerName": "kubernetes.io/kube-apiserver-client-kubelet", "usages": ["digital signature", "client auth"]},
+    });
+    let (code, _, err) = b.kubectl_with(
+        &[],
+        &["--kubeconfig", kubeconfig.to_str().unwrap(), "create", "-f", "-"],
+        Some(&manifest.to_string()),
+    );
+    assert_ne!(code, 0);
+    assert_eq!(
+        err.trim(),
+        "Error from server (Forbidden): error when creating \"STDIN\": certificatesigningrequests.certificates.k8s.io \"steal-w2\" is forbidden: node \"system:node:w1\" may only request certificates for itself, not for \"system:node:w2\""
+    );
+
+    // Once an administrator deletes the Node, the name is free for the other box.
+    w1.kill();
+    b.ok(&["delete", "node", "w1"]);
+    wait_until(
+        "the node password to go",
+        Duration::from_secs(20),
+        || !b.ok(&["get", "secrets", "-n", "kube-system", "-o", "name"]).contains("w1.node-password.skiff"),
+        || b.log(),
+    );
+    let w1b = Agent::start(&b, "intruder", "w1", 20252, Some(&token));
+    wait_until("the second box to own w1", Duration::from_secs(60), || node_ready(&b, "w1"), || w1b.log());
+}
+
+#[test]
+fn bad_tokens_are_refused_and_change_nothing() {
+    require_node!();
+    let b = Box::start_with("badtok", &["--disable-agent", "--agent-token", "agent-only-secret"]);
+    let token = server_token(&b);
+    let before = b.ok(&["get", "csr,secrets", "-A", "-o", "name"]);
+
+    let (code, err) = agent_exits(&b, "g1", "g1", "garbage");
+    assert_eq!(
+        (code, err.trim_end().lines().last().unwrap_or_default()),
+        (1, "skiff: the server refused the join token (401 Unauthorized)"),
+        "{err}"
+    );
+    assert!(err.contains("the server's identity was not verified"), "a token without a pin warns: {err}");
+    let (code, err) = agent_exits(&b, "g2", "g2", "K10abc::server:x");
+    assert_eq!((code, err.trim()), (1, "skiff: invalid token: the CA hash must be 64 hexadecimal characters"));
+    let wrong = format!("K10{}::server:{}", "0".repeat(64), token.rsplit(':').next().unwrap());
+    let (code, err) = agent_exits(&b, "g3", "g3", &wrong);
+    let ca = std::fs::read_to_string(b.data_dir().join("server").join("tls").join("server-ca.crt")).unwrap();
+    assert_eq!(
+        (code, err.trim()),
+        (
+            1,
+            format!(
+                "skiff: failed to validate token: token CA hash does not match the Cluster CA certificate hash: {} != {}",
+                "0".repeat(64),
+                skiff::pki::ca_hash(&ca)
+            )
+            .as_str()
+        )
+    );
+    // The agent token authenticates as a bootstrapper and nothing more.
+    let ca_file = b.data_dir().join("server").join("tls").join("server-ca.crt");
+    let as_agent_token = |args: &[&str]| {
+        let server = format!("https://{}:6443", b.node_ip);
+        let mut all = vec![
+            "--kubeconfig=/dev/null",
+            "--server",
+            &server,
+            "--certificate-authority",
+            ca_file.to_str().unwrap(),
+            "--token",
+            "node:agent-only-secret",
+        ];
+        all.extend_from_slice(args);
+        b.exec(node::KUBECTL, &all)
+    };
+    let who = as_agent_token(&["auth", "whoami", "-o", "json"]);
+    let who: serde_json::Value = serde_json::from_slice(&who.stdout).expect("whoami");
+    assert_eq!(who["status"]["userInfo"]["username"], "system:bootstrap:skiff-agent-token");
+    assert_eq!(
+        who["status"]["userInfo"]["groups"],
+        serde_json::json!(["system:bootstrappers", "system:authenticated"])
+    );
+    let secrets = as_agent_token(&["get", "secrets", "-n", "kube-system"]);
+    assert_eq!(
+        String::from_utf8_lossy(&secrets.stderr).trim(),
+        "Error from server (Forbidden): secrets is forbidden: User \"system:bootstrap:skiff-agent-token\" cannot list resource \"secrets\" in API group \"\" in the namespace \"kube-system\""
+    );
+    let wrong_agent = as_agent_token(&["--token", "node:agent-only-secreT", "auth", "whoami"]);
+    assert!(String::from_utf8_lossy(&wrong_agent.stderr).contains("Unauthorized"));
+    assert_eq!(b.ok(&["get", "csr,secrets", "-A", "-o", "name"]), before, "nothing stored");
+
+    // A bootstrap token joins within its TTL, is refused after it and cleaned up.
+    let kubeconfig = b.kubeconfig();
+    let create = b.exec(
+        node::skiff_bin().to_str().unwrap(),
+        &["token", "create", "--ttl", "8s", "--description", "ttl test", "--kubeconfig", kubeconfig.to_str().unwrap()],
+    );
+    assert!(create.status.success(), "{}", String::from_utf8_lossy(&create.stderr));
+    let short = String::from_utf8_lossy(&create.stdout).trim().to_string();
+    assert_eq!(short.split("::").next().unwrap(), format!("K10{}", skiff::pki::ca_hash(&ca)));
+    let list =
+        b.exec(node::skiff_bin().to_str().unwrap(), &["token", "list", "--kubeconfig", kubeconfig.to_str().unwrap()]);
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert!(
+        list.starts_with("TOKEN") && list.contains("ttl test") && list.contains("authentication,signing"),
+        "{list}"
+    );
+    let t1 = Agent::start(&b, "t1", "t1", 20261, Some(&short));
+    wait_until(
+        "t1 to join",
+        Duration::from_secs(30),
+        || b.data_dir().join("agents/t1/agent/kubelet.kubeconfig").exists(),
+        || t1.log(),
+    );
+    std::thread::sleep(Duration::from_secs(9));
+    let (code, err) = agent_exits(&b, "t2", "t2", &short);
+    assert_eq!((code, err.trim()), (1, "skiff: the server refused the join token (401 Unauthorized)"));
+    wait_until(
+        "the expired token to be cleaned up",
+        Duration::from_secs(10),
+        || !b.ok(&["get", "secrets", "-n", "kube-system", "-o", "name"]).contains("bootstrap-token-"),
+        || b.log(),
+    );
+    // A deleted token stops new joins.
+    let create =
+        b.exec(node::skiff_bin().to_str().unwrap(), &["token", "create", "--kubeconfig", kubeconfig.to_str().unwrap()]);
+    let long = String::from_utf8_lossy(&create.stdout).trim().to_string();
+    let id = long.rsplit("::").next().unwrap().split('.').next().unwrap().to_string();
+    let del = b.exec(
+        node::skiff_bin().to_str().unwrap(),
+        &["token", "delete", &id, "--kubeconfig", kubeconfig.to_str().unwrap()],
+    );
+    assert_eq!(String::from_utf8_lossy(&del.stdout), format!("bootstrap token \"{id}\" deleted\n"));
+    let (code, err) = agent_exits(&b, "t3", "t3", &long);
+    assert_eq!((code, err.trim()), (1, "skiff: the server refused the join token (401 Unauthorized)"));
+    let del = b.exec(
+        node::skiff_bin().to_str().unwrap(),
+        &["token", "delete", &id, "--kubeconfig", kubeconfig.to_str().unwrap()],
+    );
+    assert_eq!(String::from_utf8_lossy(&del.stderr).trim(), format!("skiff: bootstrap token \"{id}\" not found"));
+    // The node that joined with the expired token keeps working on its certificate.
+    wait_until("t1 to be Ready", Duration::from_secs(60), || node_ready(&b, "t1"), || t1.log());
+}
+
+#[test]
+fn certificates_are_renewed_before_they_expire() {
+    require_node!();
+    let b = Box::start_with("renew", &["--disable-agent", "--cluster-signing-duration", "20s"]);
+    let token = server_token(&b);
+    let r1 = Agent::start(&b, "r1", "r1", 20271, Some(&token));
+    wait_until("r1 to be Ready", Duration::from_secs(60), || node_ready(&b, "r1"), || r1.log());
+    // Renewed at 80% of 22 s (20 s, backdated by 2 s): a few rounds within 45 s, each through
+    // a CSR of the node itself, and the node stays Ready on the new certificates.
+    wait_until(
+        "two renewals of both certificates",
+        Duration::from_secs(45),
+        || {
+            r1.log().matches("node client certificate renewed").count() >= 2
+                && r1.log().matches("kubelet serving certificate renewed").count() >= 2
+        },
+        || r1.log(),
+    );
+    let renewals = csrs(&b)
+        .iter()
+        .filter(|c| {
+            c["spec"]["username"] == "system:node:r1"
+                && c["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"
+        })
+        .count();
+    assert!(renewals >= 2, "{renewals}");
+    assert!(node_ready(&b, "r1"));
+    // The first certificate has expired by now: only the renewed one works.
+    let kubeconfig = b.data_dir().join("agents/r1/agent/kubelet.kubeconfig");
+    let whoami = b.ok(&[
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ]);
+    assert_eq!(whoami, "system:node:r1");
+}
+
+type Recorded = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// A stand-in API server on loopback: TLS with a certificate of its own CA, `/cacerts`
+/// answered with that CA, every other request 401; records each request, decrypted.
+/// Returns the port, the CA and the recording.
+fn fake_server() -> (u16, String, Recorded, tokio::runtime::Runtime) {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let ca_pem = ca_cert.pem();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let record = seen.clone();
+    let served = ca_pem.clone();
+    rt.spawn(async move {
+        let ca_pem = served;
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let (acceptor, record, ca_pem) = (acceptor.clone(), record.clone(), ca_pem.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let mut buf = vec![0u8; 65536];
+                let mut got = Vec::new();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                // Whatever body follows comes in within the deadline too.
+                if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), tls.read(&mut buf)).await {
+                    got.extend_from_slice(&buf[..n]);
+                }
+                record.lock().unwrap().extend_from_slice(&got);
+                let resp = if got.starts_with(b"GET /cacerts ") {
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{ca_pem}", ca_pem.len())
+                } else {
+                    "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}".into()
+                };
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (port, ca_pem, seen, rt)
+}
+
+#[test]
+fn a_wrong_ca_hash_stops_the_agent_before_it_sends_the_secret() {
+    require_node!();
+    let (port, ca_pem, seen, _rt) = fake_server();
+    let dir = tempfile::Builder::new().prefix("skj").tempdir_in("/tmp").unwrap();
+    let secret = "s3cret-that-must-not-leave";
+    let run = |hash: &str| {
+        Command::new(node::skiff_bin())
+            .args(["agent", "--server", &format!("https://127.0.0.1:{port}"), "--node-name", "pin"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--token", &format!("K10{hash}::server:{secret}")])
+            .env_remove("SKIFF_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let out = run(&"f".repeat(64));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!(
+            "skiff: failed to validate token: token CA hash does not match the Cluster CA certificate hash: {} != {}",
+            "f".repeat(64),
+            skiff::pki::ca_hash(&ca_pem)
+        )
+    );
+    let heard = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert!(heard.starts_with("GET /cacerts HTTP/1.1\r\n"), "{heard}");
+    assert_eq!(heard.matches("HTTP/1.1\r\n").count(), 1, "one request only: {heard}");
+    assert!(!heard.contains(secret) && !heard.to_ascii_lowercase().contains("authorization"), "{heard}");
+    assert!(!dir.path().join("agent").join("kubelet.kubeconfig").exists());
+
+    // The same recording sees the secret once the pin matches, so the check above can fail.
+    seen.lock().unwrap().clear();
+    let out = run(&skiff::pki::ca_hash(&ca_pem));
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let heard = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert!(heard.contains(secret), "the token goes out after the pin matched: {heard}");
+}
