@@ -189,6 +189,44 @@ pub async fn run_workers<T, F, Fut, E>(
     while tasks.join_next().await.is_some() {}
 }
 
+/// Reconciles every object of `informer` by key with `workers` loops until `cancel` fires:
+/// each cached object once the cache is filled, then each one applied (or all after a resync).
+/// Deletions queue nothing. The whole loop of a controller that watches one kind and keeps no
+/// state of its own.
+pub async fn reconcile_each<K, F, Fut, E>(
+    name: &'static str,
+    informer: Arc<crate::runtime::Informer<K>>,
+    workers: usize,
+    cancel: CancellationToken,
+    reconcile: F,
+) where
+    K: crate::runtime::informer::Cached,
+    F: Fn(crate::runtime::Key) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Result<Next, E>> + Send,
+    E: std::fmt::Display,
+{
+    use crate::runtime::{Change, Key, informer::next_change};
+    let mut changes = informer.subscribe();
+    informer.synced().await;
+    let queue = WorkQueue::<Key>::new();
+    let queue_all = || informer.list().iter().for_each(|o| queue.add(Key::of(o.as_ref())));
+    queue_all();
+    let feed = async {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                ch = next_change(&mut changes) => match ch {
+                    Some(Change::Applied(o)) => queue.add(Key::of(o.as_ref())),
+                    Some(Change::Deleted(_)) => {}
+                    Some(Change::Resync) => queue_all(),
+                    None => break,
+                },
+            }
+        }
+    };
+    tokio::join!(run_workers(name, queue.clone(), workers, cancel.clone(), reconcile), feed);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -286,16 +286,15 @@ impl ApiServer {
                 return self.virtual_resource(&call).await;
             }
             ("", Storage::Stored) => {}
-            ("status", _) => {
+            // `approval` is a CertificateSigningRequest's second status-like subresource.
+            (sub @ ("status" | "approval"), _) if sub == "status" || resource.group == "certificates.k8s.io" => {
                 return match parts.method {
                     Method::GET => handlers::get(&call).await,
                     Method::PUT => handlers::update(&call).await,
                     Method::PATCH => handlers::patch(&call).await,
-                    _ => Err(ApiError::method_not_supported(
-                        resource.group,
-                        &format!("{}/status", resource.plural),
-                        verb,
-                    )),
+                    _ => {
+                        Err(ApiError::method_not_supported(resource.group, &format!("{}/{sub}", resource.plural), verb))
+                    }
                 };
             }
             ("scale", _) => {
@@ -304,18 +303,6 @@ impl ApiServer {
                     _ => {
                         Err(ApiError::method_not_supported(resource.group, &format!("{}/scale", resource.plural), verb))
                     }
-                };
-            }
-            ("approval", _) if resource.group == "certificates.k8s.io" => {
-                return match parts.method {
-                    Method::GET => handlers::get(&call).await,
-                    Method::PUT => handlers::update(&call).await,
-                    Method::PATCH => handlers::patch(&call).await,
-                    _ => Err(ApiError::method_not_supported(
-                        resource.group,
-                        &format!("{}/approval", resource.plural),
-                        verb,
-                    )),
                 };
             }
             ("binding", _) if parts.method == Method::POST => return subresources::bind(&call, &info.name).await,

@@ -21,38 +21,20 @@ use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
 use crate::pki::csr::{self, NODES_GROUP, SIGNER_KUBELET_CLIENT, SIGNER_KUBELET_SERVING};
-use crate::runtime::informer::next_change;
-use crate::runtime::queue::{Next, run_workers};
-use crate::runtime::{Change, Informer, Key, WorkQueue};
+use crate::runtime::queue::{Next, reconcile_each};
+use crate::runtime::{Informer, Key};
 
 const COMPONENT: &str = "csrapproving";
 const BOOTSTRAPPERS: &str = "system:bootstrappers";
 
 pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
     let csrs = ctx.informers.get::<CertificateSigningRequest>();
-    let mut changes = csrs.subscribe();
-    csrs.synced().await;
-    let queue = WorkQueue::<Key>::new();
-    csrs.list().iter().for_each(|c| queue.add(Key::of(c.as_ref())));
-    let workers = {
-        let (client, csrs) = (ctx.client.clone(), csrs.clone());
-        tokio::spawn(run_workers(COMPONENT, queue.clone(), 1, cancel.clone(), move |key: Key| {
-            let (client, csrs) = (client.clone(), csrs.clone());
-            async move { process(&client, &csrs, &key).await }
-        }))
-    };
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            ch = next_change(&mut changes) => match ch {
-                Some(Change::Applied(c)) => queue.add(Key::of(c.as_ref())),
-                Some(Change::Deleted(_)) => {}
-                Some(Change::Resync) => csrs.list().iter().for_each(|c| queue.add(Key::of(c.as_ref()))),
-                None => break,
-            },
-        }
-    }
-    let _ = workers.await;
+    let (client, informer) = (ctx.client.clone(), csrs.clone());
+    reconcile_each(COMPONENT, informer, 1, cancel, move |key: Key| {
+        let (client, csrs) = (client.clone(), csrs.clone());
+        async move { process(&client, &csrs, &key).await }
+    })
+    .await;
 }
 
 /// Whether the request already carries an Approved or Denied condition.

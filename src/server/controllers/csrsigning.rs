@@ -19,9 +19,8 @@ use tokio_util::sync::CancellationToken;
 use super::Ctx;
 use super::csrapproving::has_condition;
 use crate::pki::csr::{self, SIGNER_APISERVER_CLIENT, SIGNER_KUBELET_CLIENT, SIGNER_KUBELET_SERVING};
-use crate::runtime::informer::next_change;
-use crate::runtime::queue::{Next, run_workers};
-use crate::runtime::{Change, Informer, Key, WorkQueue};
+use crate::runtime::queue::{Next, reconcile_each};
+use crate::runtime::{Informer, Key};
 
 const COMPONENT: &str = "csrsigning";
 /// The shortest lifetime a request may ask for (upstream's minimum `expirationSeconds`).
@@ -29,29 +28,12 @@ const MIN_EXPIRATION_SECONDS: i32 = 600;
 
 pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
     let csrs = ctx.informers.get::<CertificateSigningRequest>();
-    let mut changes = csrs.subscribe();
-    csrs.synced().await;
-    let queue = WorkQueue::<Key>::new();
-    csrs.list().iter().for_each(|c| queue.add(Key::of(c.as_ref())));
-    let workers = {
+    let (ctx, informer) = (ctx.clone(), csrs.clone());
+    reconcile_each(COMPONENT, informer, 1, cancel, move |key: Key| {
         let (ctx, csrs) = (ctx.clone(), csrs.clone());
-        tokio::spawn(run_workers(COMPONENT, queue.clone(), 1, cancel.clone(), move |key: Key| {
-            let (ctx, csrs) = (ctx.clone(), csrs.clone());
-            async move { process(&ctx, &csrs, &key).await }
-        }))
-    };
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            ch = next_change(&mut changes) => match ch {
-                Some(Change::Applied(c)) => queue.add(Key::of(c.as_ref())),
-                Some(Change::Deleted(_)) => {}
-                Some(Change::Resync) => csrs.list().iter().for_each(|c| queue.add(Key::of(c.as_ref()))),
-                None => break,
-            },
-        }
-    }
-    let _ = workers.await;
+        async move { process(&ctx, &csrs, &key).await }
+    })
+    .await;
 }
 
 /// The lifetime of the certificate for `csr`.
