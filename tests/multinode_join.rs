@@ -35,6 +35,7 @@ fn agent_command(b: &Box, dir: &str, name: &str, port: u16, token: Option<&str>)
         .arg("--data-dir")
         .arg(&data)
         .args(["--node-name", name, "--node-ip", &b.node_ip, "--kubelet-arg", &format!("port={port}")])
+        .args(node::HOST_INDEPENDENT_EVICTION)
         .env_remove("SKIFF_TOKEN")
         .env("SKIFF_LOG", "info")
         .stdin(Stdio::null());

@@ -64,6 +64,11 @@ pub struct Box {
     pub extra: Vec<String>,
 }
 
+/// The kubelet's default hard eviction includes `nodefs.available<10%`, so on a host whose disk
+/// is more than 90 % full every pod would be evicted for disk pressure. Tests keep the memory
+/// signal and leave the disk out; a test's own `eviction-hard` comes later and wins.
+pub const HOST_INDEPENDENT_EVICTION: [&str; 2] = ["--kubelet-arg", "eviction-hard=memory.available<100Mi"];
+
 impl Box {
     /// Creates the namespace, puts the test images into the images folder and starts skiff.
     pub fn start(name: &str) -> Box {
@@ -133,6 +138,7 @@ impl Box {
             .arg(self.kubeconfig())
             .arg("--config")
             .arg(self.dir.path().join("config.yaml"))
+            .args(HOST_INDEPENDENT_EVICTION)
             .args(&self.extra)
             .env_remove("KUBECONFIG")
             .env("SKIFF_LOG", "info,skiff::agent=debug,skiff::cri=debug")
