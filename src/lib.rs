@@ -3,7 +3,8 @@
 //! Start at [`cli`] (argument parsing and mode dispatch), then [`server`] for the control
 //! plane. [`api`] holds the object machinery shared by every component; [`pki`] the cluster's
 //! certificates and tokens. [`cri`] runs containerd and speaks CRI v1 to it for the node
-//! agent. [`checkconfig`] tells whether a box can be a node.
+//! agent. [`checkconfig`] tells whether a box can be a node; [`systemd`] tells the service
+//! manager when skiff is ready.
 
 pub mod agent;
 pub mod api;
@@ -14,3 +15,4 @@ pub mod pki;
 pub mod runtime;
 pub mod server;
 pub mod sim;
+pub mod systemd;

@@ -137,6 +137,8 @@ pub async fn run(
         }
         pause = (pause * 2).min(Duration::from_secs(10));
     }
+    // Under systemd (`skiff agent` as a service) the unit is started once the node exists.
+    crate::systemd::notify_ready();
     let recorder = crate::runtime::events::Recorder::new(client.clone(), "kubelet", &cfg.node_name);
     let ctx = Arc::new(pods::worker::Ctx {
         client: client.clone(),

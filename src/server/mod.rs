@@ -181,9 +181,10 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         None => None,
     };
     let components = start_components(&cfg, &api, &pki, &hostname, kubelet_tls, &shutdown);
-    notify_ready();
+    crate::systemd::notify_ready();
 
     shutdown.cancelled().await;
+    crate::systemd::notify_stopping();
     for c in components {
         let _ = tokio::time::timeout(Duration::from_secs(4), c).await;
     }
@@ -264,24 +265,4 @@ fn start_components(
 fn restrict_dir(p: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
-}
-
-/// Tells systemd (`Type=notify`) that the service is ready.
-fn notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(_) => return,
-    };
-    let bytes = path.as_encoded_bytes();
-    let result = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
-            .and_then(|a| sock.send_to_addr(b"READY=1\n", &a))
-    } else {
-        sock.send_to(b"READY=1\n", std::path::Path::new(&path))
-    };
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "cannot notify systemd");
-    }
 }
