@@ -158,6 +158,9 @@ impl ContainerdConfig {
         let _ = writeln!(out, "[{CRI}]");
         let _ = writeln!(out, "  sandbox_image = {}", quote(&self.sandbox_image));
         let _ = writeln!(out, "  restrict_oom_score_adj = {}", self.restrict_oom_score_adj);
+        // The pods' network namespaces are mounted under the state dir, inside skiff's data
+        // dir, not among the host's in /run/netns: what is skiff's stays findable by path.
+        let _ = writeln!(out, "  netns_mounts_under_state_dir = true");
         let _ = writeln!(out);
         let _ = writeln!(out, "[{CRI}.containerd]");
         let _ = writeln!(out, "  snapshotter = \"overlayfs\"");
@@ -232,6 +235,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "registry.k8s.io/pause:3.10"
   restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
 
 [plugins."io.containerd.grpc.v1.cri".containerd]
   snapshotter = "overlayfs"
