@@ -2,7 +2,9 @@
 //! controllers of `skiff server` use the API exactly as a remote client would (validation,
 //! defaulting, admission, watch), minus TCP, TLS and authentication handshakes.
 //!
-//! Each client carries a fixed identity, the one the component would present in a certificate.
+//! Each client carries a fixed identity, the one the component would present in a certificate
+//! or token (the scheduler's `system:kube-scheduler`, a controller's service account), and is
+//! authorized like any other client.
 
 use std::convert::Infallible;
 use std::future::Future;

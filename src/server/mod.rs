@@ -5,6 +5,7 @@
 //! clients.
 
 pub mod apiserver;
+pub mod auth;
 pub mod config;
 pub mod controllers;
 pub mod inproc;
@@ -109,6 +110,8 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
 
     let alloc = Arc::new(apiserver::ipalloc::Allocators::new(cfg.service_cidr, cfg.node_port_range));
     let objects = apiserver::objects::Objects::new(store.clone(), alloc);
+    // The RBAC index follows the store from here on; the writes below wait for it.
+    tokio::spawn(objects.rbac.clone().run(store.clone(), shutdown.child_token()));
     apiserver::bootstrap::restore_allocations(&objects).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
 
     let (tls, cert_check) = crate::pki::server_tls_config(&pki).context("cannot build the TLS configuration")?;
@@ -119,9 +122,9 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let sa_key = Arc::new(pki.sa.clone());
     let issuer = format!("https://kubernetes.default.svc.{}", cfg.cluster_domain);
     let api = Arc::new(apiserver::ApiServer {
+        authz: Box::new(auth::rbac::RbacAuthorizer { index: objects.rbac.clone() }),
         objects,
-        authz: Box::new(apiserver::auth::MastersOnly),
-        tokens: apiserver::auth::TokenAuthenticator::new(sa_key.clone(), issuer.clone()),
+        tokens: auth::TokenAuthenticator::new(sa_key.clone(), issuer.clone()),
         sa_signer: sa_key.clone(),
         sa_issuer: issuer,
         openapi: Default::default(),
@@ -142,6 +145,9 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     apiserver::bootstrap::run(&api.objects, cfg.first_service_ip(), cfg.advertise_address, port)
         .await
         .map_err(|e| anyhow::anyhow!("cannot create bootstrap objects: {}", e.message))?;
+    auth::bootstrap::reconcile(&api.objects)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reconcile the default RBAC policy: {}", e.message))?;
     api.ready.store(true, Ordering::Release);
     let serving = tokio::spawn(apiserver::serve(listener, tls, cert_check, api.clone(), shutdown.clone()));
 
@@ -217,8 +223,17 @@ fn start_components(
     informers.trim::<k8s_openapi::api::core::v1::Pod>(controllers::pods::control_plane_view);
     let mut tasks = Vec::new();
 
+    let sa_api = api.clone();
     let ctx = Arc::new(controllers::Ctx {
         client: cm_client.clone(),
+        client_for: Arc::new(move |sa: &str| {
+            let ns = "kube-system";
+            inproc::client_in_groups(
+                sa_api.clone(),
+                &format!("system:serviceaccount:{ns}:{sa}"),
+                &["system:serviceaccounts", "system:serviceaccounts:kube-system"],
+            )
+        }),
         informers: informers.clone(),
         host: hostname.to_string(),
         cluster_cidr: cfg.cluster_cidr,
@@ -238,7 +253,7 @@ fn start_components(
     if let (Some(agent_cfg), Some(tls)) = (cfg.agent.clone(), kubelet_tls) {
         if nix::unistd::geteuid().is_root() {
             let user = format!("system:node:{}", agent_cfg.node_name);
-            let client = inproc::client_in_groups(api.clone(), &user, &[apiserver::auth::NODES]);
+            let client = inproc::client_in_groups(api.clone(), &user, &[auth::NODES]);
             let cancel = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = crate::agent::run(agent_cfg, client, tls, cancel).await {

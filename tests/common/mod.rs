@@ -483,3 +483,61 @@ impl Server {
         assert!(out.status.success(), "kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+/// Other identities than the admin's, for authorization tests.
+impl Server {
+    /// A kubeconfig for `user` in `groups` (besides `system:authenticated`), with a client
+    /// certificate signed by the cluster CA, as an administrator would issue one.
+    pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> PathBuf {
+        let tls = self.data_dir().join("server/tls");
+        let ca_pem = std::fs::read_to_string(tls.join("server-ca.crt")).expect("cluster CA");
+        let ca_key = std::fs::read_to_string(tls.join("server-ca.key")).expect("CA key");
+        let issuer =
+            rcgen::Issuer::from_ca_cert_pem(&ca_pem, rcgen::KeyPair::from_pem(&ca_key).expect("key")).expect("issuer");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        for g in groups {
+            p.distinguished_name.push(rcgen::DnType::OrganizationName, *g);
+        }
+        p.distinguished_name.push(rcgen::DnType::CommonName, user);
+        let cert = p.signed_by(&key, &issuer).expect("sign");
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        self.kubeconfig_with_user(
+            &user.replace(':', "-"),
+            serde_json::json!({"client-certificate-data": b64(&cert.pem()), "client-key-data": b64(&key.serialize_pem())}),
+        )
+    }
+
+    /// A kubeconfig that authenticates with a bearer token only.
+    pub fn token_kubeconfig(&self, name: &str, token: &str) -> PathBuf {
+        self.kubeconfig_with_user(name, serde_json::json!({"token": token.trim()}))
+    }
+
+    fn kubeconfig_with_user(&self, name: &str, user: serde_json::Value) -> PathBuf {
+        let kc: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig")).expect("yaml");
+        let cluster = &kc["clusters"][0]["cluster"];
+        let doc = serde_json::json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "c", "cluster": {"server": cluster["server"].as_str().expect("server"),
+                "certificate-authority-data": cluster["certificate-authority-data"].as_str().expect("CA")}}],
+            "users": [{"name": "u", "user": user}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": "default"}}],
+        });
+        let path = self.path().join(format!("kubeconfig-{name}.yaml"));
+        std::fs::write(&path, serde_yaml::to_string(&doc).expect("yaml")).expect("write kubeconfig");
+        path
+    }
+
+    /// Runs kubectl with another kubeconfig.
+    pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Output {
+        Command::new(KUBECTL)
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run kubectl")
+    }
+}

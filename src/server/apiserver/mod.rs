@@ -6,7 +6,7 @@
 //! everything else reaches objects through the HTTP API.
 
 pub mod apply;
-pub mod auth;
+pub use crate::server::auth;
 pub mod bootstrap;
 pub mod certificates;
 pub mod codec;
@@ -127,6 +127,10 @@ impl ApiServer {
         let info = request::request_info(&parts.method, &path, &query);
         if let Decision::Deny(reason) = self.authz.authorize(&user, &info) {
             let msg = auth::forbidden_message(&user, &info, &reason);
+            if auth::is_control_plane(&user) {
+                // The in-process components' roles are fixed; a denial means one lacks a rule.
+                tracing::warn!(user = %user.name, "control-plane request denied: {msg}");
+            }
             let e = if info.is_resource_request {
                 ApiError::forbidden(&info.group, &info.resource, &info.name, msg)
             } else {

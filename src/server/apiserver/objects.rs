@@ -18,6 +18,8 @@ use crate::api::status::ApiError;
 use crate::server::store::{Datastore, KeyValue, StoreError};
 
 use super::auth::UserInfo;
+use super::auth::index::RbacIndex;
+use super::auth::rbac;
 use super::codec;
 use super::ipalloc::{self, Allocators};
 use super::managed_fields;
@@ -124,6 +126,9 @@ pub fn store_error(info: &ResourceInfo, name: &str, e: StoreError) -> ApiError {
 pub struct Objects {
     pub store: Arc<dyn Datastore>,
     pub alloc: Arc<Allocators>,
+    /// The RBAC index: writes of roles and bindings are checked against it for escalation and
+    /// return only once it has seen them.
+    pub rbac: Arc<RbacIndex>,
 }
 
 /// Spec-like content: everything except metadata and status.
@@ -156,7 +161,32 @@ fn kv_value(info: &ResourceInfo, kv: &KeyValue) -> Result<Value, ApiError> {
 
 impl Objects {
     pub fn new(store: Arc<dyn Datastore>, alloc: Arc<Allocators>) -> Self {
-        Objects { store, alloc }
+        Objects { store, alloc, rbac: Arc::new(RbacIndex::new()) }
+    }
+
+    /// Waits until the RBAC index has applied a write of a role or binding, so the writer's
+    /// next request is decided by it.
+    async fn rbac_synced(&self, info: &ResourceInfo, obj: &Value) {
+        if info.group == rbac::RBAC_GROUP
+            && let Ok(rev) = codec::parse_resource_version(meta::resource_version(obj))
+        {
+            self.rbac.wait_for(rev).await;
+        }
+    }
+
+    /// Upstream's escalation checks on writes of roles and bindings.
+    fn admit_rbac(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        obj: &Value,
+        old: Option<&Value>,
+        ctx: &WriteCtx,
+    ) -> Result<(), ApiError> {
+        if info.group != rbac::RBAC_GROUP {
+            return Ok(());
+        }
+        rbac::admit_write(&self.rbac, &ctx.user, info.plural, if info.namespaced { ns } else { "" }, obj, old)
     }
 
     fn key(info: &ResourceInfo, ns: &str, name: &str) -> String {
@@ -408,6 +438,7 @@ impl Objects {
         if !errors.is_empty() {
             return Err(ApiError::invalid(info.group, info.kind, &name, &errors));
         }
+        self.admit_rbac(info, ns, &obj, None, ctx)?;
         self.admit_namespace(info, ns, true).await?;
         if info.group.is_empty() && info.plural == "pods" {
             self.admit_pod(&mut obj).await?;
@@ -440,6 +471,7 @@ impl Objects {
         match self.store.create(&Self::key(info, ns, &name), bytes).await {
             Ok(kv) => {
                 codec::set_resource_version(&mut obj, kv.mod_revision);
+                self.rbac_synced(info, &obj).await;
                 Ok(obj)
             }
             Err(e) => {
@@ -491,7 +523,12 @@ impl Objects {
             let next = self.prepare_update(info, ns, name, subresource, desired, &current, ctx)?;
             match self.write_update(info, name, &kv, &current, next, ctx).await {
                 Err(ApiError { code: 409, reason: "Conflict", .. }) if precondition.is_empty() => continue,
-                other => return other,
+                other => {
+                    if let Ok(v) = &other {
+                        self.rbac_synced(info, v).await;
+                    }
+                    return other;
+                }
             }
         }
         Err(ApiError::stale(info.group, info.plural, name))
@@ -610,6 +647,9 @@ impl Objects {
         if !errors.is_empty() {
             return Err(ApiError::invalid(info.group, info.kind, name, &errors));
         }
+        if subresource.is_empty() {
+            self.admit_rbac(info, ns, &next, Some(current), ctx)?;
+        }
         record_managed_fields(info, &mut next, Some(current), ctx);
         Ok(next)
     }
@@ -705,6 +745,21 @@ impl Objects {
 
     /// DELETE of one object.
     pub async fn delete(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        opts: &DeleteOpts,
+        ctx: &WriteCtx,
+    ) -> Result<Deleted, ApiError> {
+        let out = self.delete_once(info, ns, name, opts, ctx).await;
+        if let Ok(Deleted::Gone(v) | Deleted::Pending(v)) = &out {
+            self.rbac_synced(info, v).await;
+        }
+        out
+    }
+
+    async fn delete_once(
         &self,
         info: &ResourceInfo,
         ns: &str,

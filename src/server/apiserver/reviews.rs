@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use crate::api::status::ApiError;
 
 use super::ApiServer;
-use super::auth::{Decision, MASTERS, UserInfo};
+use super::auth::{Decision, UserInfo};
 use super::request::RequestInfo;
 
 fn user_json(u: &UserInfo) -> Value {
@@ -101,22 +101,11 @@ pub fn review(
             access_status(server, &subject, &attributes(&spec, ns))
         }
         "selfsubjectrulesreviews" => {
-            if user.groups.iter().any(|g| g == MASTERS) {
-                json!({
-                    "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
-                    "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
-                    "incomplete": false,
-                })
-            } else {
-                json!({
-                    "resourceRules": [
-                        {"verbs": ["create"], "apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"]},
-                        {"verbs": ["create"], "apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"]},
-                    ],
-                    "nonResourceRules": [{"verbs": ["get"], "nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*", "/readyz", "/version", "/version/"]}],
-                    "incomplete": false,
-                })
+            let ns = spec.get("namespace").and_then(|n| n.as_str()).unwrap_or("");
+            if ns.is_empty() {
+                return Err(ApiError::bad_request("no namespace on request"));
             }
+            super::auth::rbac::rules_review(&server.objects.rbac, user, ns)
         }
         "tokenreviews" => {
             let token = spec.get("token").and_then(|t| t.as_str()).unwrap_or("");

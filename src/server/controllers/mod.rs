@@ -8,6 +8,7 @@
 //! Invariant: no controller reads the store or calls into the API server directly, and none
 //! keeps state that cannot be rebuilt from the API (a restarted server resumes where it was).
 
+pub mod clusterroleaggregation;
 pub mod cronjob;
 pub mod csrapproving;
 pub mod csrsigning;
@@ -68,11 +69,20 @@ pub const NAMES: &[&str] = &[
     "csrsigning",
     "tokencleaner",
     "nodepassword",
+    "clusterrole-aggregation",
 ];
 
+/// Makes a client acting as the service account `kube-system/<name>`.
+pub type ClientFor = Arc<dyn Fn(&str) -> kube::Client + Send + Sync>;
+
 /// What controllers share.
+#[derive(Clone)]
 pub struct Ctx {
+    /// The client this controller writes (and reads live) with: its own identity once [`run`]
+    /// started it, the controller manager's before.
     pub client: kube::Client,
+    /// Clients for the controllers' own identities.
+    pub client_for: ClientFor,
     pub informers: Arc<Informers>,
     /// This server's host name (events' `reportingInstance`).
     pub host: String,
@@ -92,7 +102,44 @@ pub struct Ctx {
     pub cluster_signing_duration: Duration,
 }
 
+/// The service account (in `kube-system`) each controller acts as, as kube-controller-manager
+/// with `--use-service-account-credentials`: upstream's names, bound by upstream's
+/// `system:controller:*` roles. `nodepassword` is skiff's own and has a role of its own.
+pub fn service_account(controller: &str) -> &'static str {
+    match controller {
+        "deployment" => "deployment-controller",
+        "replicaset" => "replicaset-controller",
+        "replicationcontroller" => "replication-controller",
+        "endpoint" => "endpoint-controller",
+        "endpointslice" => "endpointslice-controller",
+        "disruption" => "disruption-controller",
+        "daemonset" => "daemon-set-controller",
+        "statefulset" => "statefulset-controller",
+        "garbagecollector" => "generic-garbage-collector",
+        "namespace" => "namespace-controller",
+        "serviceaccount" => "service-account-controller",
+        "root-ca-cert-publisher" => "root-ca-cert-publisher",
+        "nodeipam" | "nodelifecycle" => "node-controller",
+        "job" => "job-controller",
+        "cronjob" => "cronjob-controller",
+        "ttl-after-finished" => "ttl-after-finished-controller",
+        "podgc" => "pod-garbage-collector",
+        "csrapproving" | "csrsigning" => "certificate-controller",
+        "tokencleaner" => "token-cleaner",
+        "nodepassword" => "node-password-controller",
+        "clusterrole-aggregation" => "clusterrole-aggregation-controller",
+        _ => "kube-controller-manager",
+    }
+}
+
 impl Ctx {
+    /// This context with the client of `controller`'s own service account.
+    pub fn for_controller(&self, controller: &str) -> Arc<Ctx> {
+        let mut c = self.clone();
+        c.client = (self.client_for)(service_account(controller));
+        Arc::new(c)
+    }
+
     /// An event recorder for `component`.
     pub fn recorder(&self, component: &str) -> Recorder {
         Recorder::new(self.client.clone(), component, &self.host)
@@ -106,7 +153,7 @@ pub async fn run(ctx: Arc<Ctx>, disabled: Vec<String>, cancel: CancellationToken
     macro_rules! start {
         ($name:literal, $f:expr) => {
             if on($name) {
-                tasks.spawn($f(ctx.clone(), cancel.clone()));
+                tasks.spawn($f(ctx.for_controller($name), cancel.clone()));
             }
         };
     }
@@ -132,6 +179,7 @@ pub async fn run(ctx: Arc<Ctx>, disabled: Vec<String>, cancel: CancellationToken
     start!("csrsigning", csrsigning::run);
     start!("tokencleaner", tokencleaner::run);
     start!("nodepassword", nodepassword::run);
+    start!("clusterrole-aggregation", clusterroleaggregation::run);
     tracing::info!(disabled = ?disabled, "controllers started");
     while tasks.join_next().await.is_some() {}
 }

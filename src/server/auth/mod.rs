@@ -1,14 +1,22 @@
 //! Authentication and authorization of API requests.
 //!
 //! Authentication turns a verified client certificate or a bearer token into a [`UserInfo`];
-//! authorization answers allow/deny for request attributes behind the [`Authorizer`] trait, so
-//! RBAC can replace [`MastersOnly`] without touching handlers. Neither looks at bodies.
+//! authorization answers allow/deny for request attributes behind the [`Authorizer`] trait,
+//! implemented by [`rbac::RbacAuthorizer`] over the in-memory [`index::RbacIndex`]. The
+//! default policy lives in [`bootstrap`], rule semantics in [`rules`]. Request handling never
+//! looks past this door; this room never reads request bodies except the RBAC objects whose
+//! writes it checks for escalation.
+
+pub mod bootstrap;
+pub mod index;
+pub mod rbac;
+pub mod rules;
 
 use std::sync::Arc;
 
 use crate::pki::{ClientIdentity, ServiceAccountKey};
 
-use super::request::RequestInfo;
+use super::apiserver::request::RequestInfo;
 
 /// Group every authenticated user is in.
 pub const AUTHENTICATED: &str = "system:authenticated";
@@ -103,57 +111,14 @@ pub trait Authorizer: Send + Sync {
     fn authorize(&self, user: &UserInfo, req: &RequestInfo) -> Decision;
 }
 
-/// The authorizer until RBAC lands: `system:masters` and the in-process control-plane
-/// components may do everything; bootstrappers (join tokens) may create, get, list and watch
-/// CertificateSigningRequests, as upstream's `system:node-bootstrapper` role allows; others
-/// nothing except discovery, health and their own identity reviews.
-pub struct MastersOnly;
+/// Whether `user` is one of the components `skiff server` runs in-process (the scheduler, the
+/// controller manager and its controllers' service accounts).
+pub fn is_control_plane(user: &UserInfo) -> bool {
+    user.name.starts_with("system:kube-") || user.name.starts_with("system:serviceaccount:kube-system:")
+}
 
-/// Identities of the components `skiff server` runs in-process (upstream binds each to its own
-/// `system:kube-*` ClusterRole; RBAC will narrow them the same way).
-pub const CONTROL_PLANE_USERS: &[&str] = &["system:kube-scheduler", "system:kube-controller-manager"];
-
-/// The group of node identities (`system:node:<name>`). Until a node authorizer narrows them to
-/// their own objects, nodes may do what the control plane may.
+/// The group of node identities (`system:node:<name>`); see [`rbac::NODE_BLANKET_ACCESS`].
 pub const NODES: &str = "system:nodes";
-
-/// What a bootstrapper (a join token) may do: create and read CertificateSigningRequests.
-fn is_bootstrapper_request(req: &RequestInfo) -> bool {
-    req.is_resource_request
-        && req.group == "certificates.k8s.io"
-        && req.resource == "certificatesigningrequests"
-        && req.subresource.is_empty()
-        && matches!(req.verb.as_str(), "create" | "get" | "list" | "watch")
-}
-
-/// Requests any authenticated user may make (upstream grants these through the
-/// `system:discovery`, `system:basic-user` and `system:public-info-viewer` roles).
-fn is_basic_request(req: &RequestInfo) -> bool {
-    if !req.is_resource_request {
-        return true;
-    }
-    req.verb == "create"
-        && matches!(
-            (req.group.as_str(), req.resource.as_str()),
-            ("authentication.k8s.io", "selfsubjectreviews")
-                | ("authorization.k8s.io", "selfsubjectaccessreviews")
-                | ("authorization.k8s.io", "selfsubjectrulesreviews")
-        )
-}
-
-impl Authorizer for MastersOnly {
-    fn authorize(&self, user: &UserInfo, req: &RequestInfo) -> Decision {
-        if user.groups.iter().any(|g| g == MASTERS || g == NODES)
-            || CONTROL_PLANE_USERS.contains(&user.name.as_str())
-            || is_basic_request(req)
-            || (user.groups.iter().any(|g| g == super::join::BOOTSTRAPPERS) && is_bootstrapper_request(req))
-        {
-            Decision::Allow
-        } else {
-            Decision::Deny(String::new())
-        }
-    }
-}
 
 /// Upstream's forbidden message body: `User "x" cannot list resource "pods" in API group "" in the namespace "y"`.
 pub fn forbidden_message(user: &UserInfo, req: &RequestInfo, reason: &str) -> String {
@@ -188,8 +153,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn masters_only() {
-        let admin = UserInfo { name: "system:admin".into(), groups: vec![MASTERS.into()], ..Default::default() };
+    fn forbidden_messages() {
         let bob = UserInfo { name: "bob".into(), groups: vec![AUTHENTICATED.into()], ..Default::default() };
         let req = RequestInfo {
             is_resource_request: true,
@@ -198,27 +162,11 @@ mod tests {
             namespace: "default".into(),
             ..Default::default()
         };
-        assert_eq!(MastersOnly.authorize(&admin, &req), Decision::Allow);
-        let joiner = UserInfo {
-            name: "system:bootstrap:abcdef".into(),
-            groups: vec![super::super::join::BOOTSTRAPPERS.into(), AUTHENTICATED.into()],
-            ..Default::default()
-        };
-        assert_eq!(MastersOnly.authorize(&joiner, &req), Decision::Deny(String::new()));
-        let csr = RequestInfo {
-            is_resource_request: true,
-            verb: "create".into(),
-            group: "certificates.k8s.io".into(),
-            resource: "certificatesigningrequests".into(),
-            ..Default::default()
-        };
-        assert_eq!(MastersOnly.authorize(&joiner, &csr), Decision::Allow);
-        let approve = RequestInfo { verb: "update".into(), subresource: "approval".into(), ..csr.clone() };
-        assert_eq!(MastersOnly.authorize(&joiner, &approve), Decision::Deny(String::new()));
-        assert_eq!(MastersOnly.authorize(&bob, &req), Decision::Deny(String::new()));
         assert_eq!(
             forbidden_message(&bob, &req, ""),
             "User \"bob\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""
         );
+        let path = RequestInfo { verb: "get".into(), path: "/metrics".into(), ..Default::default() };
+        assert_eq!(forbidden_message(&bob, &path, "RBAC: x"), "User \"bob\" cannot get path \"/metrics\": RBAC: x");
     }
 }

@@ -1,0 +1,310 @@
+//! Authorization decisions from RBAC, as the API server chains them: `system:masters` first
+//! (always allowed, as upstream's privileged-group authorizer), then the interim blanket access
+//! of nodes ([`NODE_BLANKET_ACCESS`]), then the RBAC rules of the user's bindings. Also the
+//! two things upstream's RBAC storage checks on writes of roles and bindings (no escalation,
+//! see [`confirm_no_escalation`]) and the rule listing behind SelfSubjectRulesReview.
+//!
+//! Rules come from [`RbacIndex`]; this module holds no state of its own.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::api::status::ApiError;
+use crate::server::apiserver::request::RequestInfo;
+
+use super::index::{RbacIndex, Visit};
+use super::rules::{self, PolicyRule};
+use super::{Authorizer, Decision, MASTERS, NODES, UserInfo};
+
+/// Members of `system:nodes` may do everything until a node authorizer narrows them to their
+/// own node's objects. This is the one arm that bypasses RBAC besides `system:masters`.
+pub const NODE_BLANKET_ACCESS: bool = true;
+
+/// The API group of the four RBAC kinds.
+pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// The cluster's authorizer.
+pub struct RbacAuthorizer {
+    pub index: Arc<RbacIndex>,
+}
+
+fn in_group(user: &UserInfo, group: &str) -> bool {
+    user.groups.iter().any(|g| g == group)
+}
+
+/// The decision for a request: masters, then nodes, then RBAC; a denial carries upstream's
+/// reason (`RBAC: <roles that could not be found>`, or nothing).
+pub fn decide(index: &RbacIndex, user: &UserInfo, req: &RequestInfo) -> Decision {
+    if in_group(user, MASTERS) || (NODE_BLANKET_ACCESS && in_group(user, NODES)) {
+        return Decision::Allow;
+    }
+    let mut allowed = false;
+    let mut errors = Vec::new();
+    index.visit_rules(user, &req.namespace, &mut |v| match v {
+        Visit::Rule(r) => {
+            allowed = r.allows(req);
+            !allowed
+        }
+        Visit::Error(e) => {
+            errors.push(e);
+            true
+        }
+    });
+    if allowed {
+        Decision::Allow
+    } else if errors.is_empty() {
+        Decision::Deny(String::new())
+    } else {
+        Decision::Deny(format!("RBAC: {}", aggregate(&errors)))
+    }
+}
+
+/// Upstream's aggregate error text: the one message, or `[a, b]`.
+fn aggregate(errors: &[String]) -> String {
+    if errors.len() == 1 { errors[0].clone() } else { format!("[{}]", errors.join(", ")) }
+}
+
+impl Authorizer for RbacAuthorizer {
+    fn authorize(&self, user: &UserInfo, req: &RequestInfo) -> Decision {
+        decide(&self.index, user, req)
+    }
+}
+
+/// What a SelfSubjectRulesReview reports for `user` in `namespace`: `status` with
+/// `resourceRules`, `nonResourceRules`, `incomplete` and, when roles were missing,
+/// `evaluationError`.
+pub fn rules_review(index: &RbacIndex, user: &UserInfo, namespace: &str) -> Value {
+    let mut resource_rules = Vec::new();
+    let mut non_resource_rules = Vec::new();
+    let mut errors = Vec::new();
+    let mut incomplete = false;
+    if in_group(user, MASTERS) {
+        resource_rules.push(json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}));
+        non_resource_rules.push(json!({"verbs": ["*"], "nonResourceURLs": ["*"]}));
+    }
+    if NODE_BLANKET_ACCESS && in_group(user, NODES) {
+        // As upstream's node authorizer: a node's permissions are not enumerable.
+        incomplete = true;
+        errors.push("node authorizer does not support user rule resolution".to_string());
+    }
+    let mut rbac_errors = Vec::new();
+    index.visit_rules(user, namespace, &mut |v| {
+        match v {
+            Visit::Rule(r) => {
+                if !r.resources.is_empty() {
+                    let mut j = json!({"verbs": r.verbs, "apiGroups": r.api_groups, "resources": r.resources});
+                    if !r.resource_names.is_empty() {
+                        j["resourceNames"] = json!(r.resource_names);
+                    }
+                    resource_rules.push(j);
+                }
+                if !r.non_resource_urls.is_empty() {
+                    non_resource_rules.push(json!({"verbs": r.verbs, "nonResourceURLs": r.non_resource_urls}));
+                }
+            }
+            Visit::Error(e) => rbac_errors.push(e),
+        }
+        true
+    });
+    if !rbac_errors.is_empty() {
+        errors.push(aggregate(&rbac_errors));
+    }
+    let mut status = json!({
+        "resourceRules": resource_rules,
+        "nonResourceRules": non_resource_rules,
+        "incomplete": incomplete,
+    });
+    if !errors.is_empty() {
+        status["evaluationError"] = json!(aggregate(&errors));
+    }
+    status
+}
+
+/// All rules `user` holds in `namespace`, and the errors met resolving them.
+fn rules_for(index: &RbacIndex, user: &UserInfo, namespace: &str) -> (Vec<PolicyRule>, Vec<String>) {
+    let (mut out, mut errors) = (Vec::new(), Vec::new());
+    index.visit_rules(user, namespace, &mut |v| {
+        match v {
+            Visit::Rule(r) => out.push(r.clone()),
+            Visit::Error(e) => errors.push(e),
+        }
+        true
+    });
+    (out, errors)
+}
+
+/// Upstream's `ConfirmNoEscalation`: `Ok` when `user` already holds every rule of `wanted`
+/// in `namespace`, else the message naming what is missing.
+pub fn confirm_no_escalation(
+    index: &RbacIndex,
+    user: &UserInfo,
+    namespace: &str,
+    wanted: &[PolicyRule],
+) -> Result<(), String> {
+    let (owned, errors) = rules_for(index, user, namespace);
+    let missing = rules::missing(&owned, wanted);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut lines: Vec<String> = rules::compact(missing).iter().map(PolicyRule::compact_string).collect();
+    lines.sort();
+    lines.dedup();
+    let mut msg = format!(
+        "user {} (groups={}) is attempting to grant RBAC permissions not currently held:\n{}",
+        rules::go_quote(&user.name),
+        rules::go_quoted_list(&user.groups),
+        lines.join("\n")
+    );
+    if !errors.is_empty() {
+        msg.push_str(&format!("; resolution errors: [{}]", aggregate(&errors)));
+    }
+    Err(msg)
+}
+
+/// A check of `verb` (`escalate` or `bind`) on a role, as upstream's RBAC storage asks the
+/// authorizer.
+fn may(index: &RbacIndex, user: &UserInfo, verb: &str, plural: &str, namespace: &str, name: &str) -> bool {
+    let req = RequestInfo {
+        is_resource_request: true,
+        verb: verb.into(),
+        group: RBAC_GROUP.into(),
+        version: "v1".into(),
+        resource: plural.into(),
+        namespace: namespace.into(),
+        name: name.into(),
+        ..Default::default()
+    };
+    decide(index, user, &req) == Decision::Allow
+}
+
+/// Whether an update changes only what the garbage collector may change (owner references and
+/// finalizers), which upstream lets through without escalation checks.
+fn only_gc_fields_change(new: &Value, old: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            for k in ["ownerReferences", "finalizers", "resourceVersion", "managedFields", "generation"] {
+                m.remove(k);
+            }
+        }
+        v
+    };
+    strip(new) == strip(old)
+}
+
+/// Upstream's escalation rules for writes of the four kinds by `user`: a role may only grant
+/// what its writer holds unless the writer may `escalate` it, an aggregationRule needs full
+/// authority, and a binding may only grant what its writer holds unless the writer may `bind`
+/// its role. `system:masters` is never checked. Other kinds pass.
+pub fn admit_write(
+    index: &RbacIndex,
+    user: &UserInfo,
+    plural: &str,
+    namespace: &str,
+    obj: &Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    if !matches!(plural, "roles" | "clusterroles" | "rolebindings" | "clusterrolebindings") || in_group(user, MASTERS) {
+        return Ok(());
+    }
+    if let Some(old) = old
+        && only_gc_fields_change(obj, old)
+    {
+        return Ok(());
+    }
+    let name = obj["metadata"]["name"].as_str().unwrap_or("");
+    let forbidden = |msg: String| ApiError::forbidden(RBAC_GROUP, plural, name, msg);
+    match plural {
+        "roles" | "clusterroles" => {
+            if may(index, user, "escalate", plural, namespace, name) {
+                return Ok(());
+            }
+            confirm_no_escalation(index, user, namespace, &rules::rules_of(obj)).map_err(forbidden)?;
+            let aggregation = obj.get("aggregationRule").filter(|a| !a.is_null());
+            let aggregation_changed =
+                old.is_none_or(|o| o.get("aggregationRule").filter(|a| !a.is_null()) != aggregation);
+            if plural == "clusterroles" && aggregation.is_some() && aggregation_changed {
+                let everything = [
+                    PolicyRule {
+                        verbs: vec!["*".into()],
+                        api_groups: vec!["*".into()],
+                        resources: vec!["*".into()],
+                        ..Default::default()
+                    },
+                    PolicyRule { verbs: vec!["*".into()], non_resource_urls: vec!["*".into()], ..Default::default() },
+                ];
+                if confirm_no_escalation(index, user, namespace, &everything).is_err() {
+                    return Err(forbidden("must have cluster-admin privileges to use the aggregationRule".into()));
+                }
+            }
+            Ok(())
+        }
+        _ => {
+            let kind = obj["roleRef"]["kind"].as_str().unwrap_or("");
+            let role = obj["roleRef"]["name"].as_str().unwrap_or("");
+            let role_plural = if kind == "Role" { "roles" } else { "clusterroles" };
+            if may(index, user, "bind", role_plural, namespace, role) {
+                return Ok(());
+            }
+            let wanted = index
+                .role_ref_rules(namespace, kind, role)
+                .map_err(|_| ApiError::not_found(RBAC_GROUP, role_plural, role))?;
+            confirm_no_escalation(index, user, namespace, &wanted).map_err(forbidden)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, groups: &[&str]) -> UserInfo {
+        UserInfo { name: name.into(), groups: groups.iter().map(|g| g.to_string()).collect(), ..Default::default() }
+    }
+
+    #[test]
+    fn masters_nodes_and_rbac() {
+        let idx = RbacIndex::new();
+        idx.apply(
+            "/rbac.authorization.k8s.io/clusterroles//pod-reader",
+            Some(&json!({"rules": [{"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods"]}]})),
+        );
+        idx.apply(
+            "/rbac.authorization.k8s.io/rolebindings/dev/bob-reads",
+            Some(&json!({"metadata": {"name": "bob-reads", "namespace": "dev"},
+                "roleRef": {"kind": "ClusterRole", "name": "pod-reader"}, "subjects": [{"kind": "User", "name": "bob"}]})),
+        );
+        let list = |ns: &str| RequestInfo {
+            is_resource_request: true,
+            verb: "list".into(),
+            resource: "pods".into(),
+            namespace: ns.into(),
+            ..Default::default()
+        };
+        let bob = user("bob", &["system:authenticated"]);
+        assert_eq!(decide(&idx, &bob, &list("dev")), Decision::Allow);
+        assert_eq!(decide(&idx, &bob, &list("prod")), Decision::Deny(String::new()));
+        assert_eq!(decide(&idx, &bob, &list("")), Decision::Deny(String::new()));
+        assert_eq!(decide(&idx, &user("root", &[MASTERS]), &list("")), Decision::Allow);
+        assert_eq!(decide(&idx, &user("system:node:a", &[NODES]), &list("")), Decision::Allow);
+        idx.apply(
+            "/rbac.authorization.k8s.io/rolebindings/prod/gone",
+            Some(&json!({"metadata": {"name": "gone", "namespace": "prod"},
+                "roleRef": {"kind": "Role", "name": "missing"}, "subjects": [{"kind": "User", "name": "bob"}]})),
+        );
+        assert_eq!(
+            decide(&idx, &bob, &list("prod")),
+            Decision::Deny("RBAC: role.rbac.authorization.k8s.io \"missing\" not found".into())
+        );
+        // Escalation: bob may not grant what he does not hold.
+        let wanted = rules::rules_of(
+            &json!({"rules": [{"verbs": ["get", "delete"], "apiGroups": [""], "resources": ["pods"]}]}),
+        );
+        assert_eq!(
+            confirm_no_escalation(&idx, &bob, "dev", &wanted),
+            Err("user \"bob\" (groups=[\"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{APIGroups:[\"\"], Resources:[\"pods\"], Verbs:[\"delete\"]}".into())
+        );
+        assert!(confirm_no_escalation(&idx, &bob, "dev", &wanted[..0]).is_ok());
+    }
+}
