@@ -17,7 +17,8 @@ use super::objects::{FieldValidation, Objects, WriteCtx};
 /// Namespaces created at start.
 pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 
-fn ctx() -> WriteCtx {
+/// The API server's own identity for the objects it writes at start.
+pub(crate) fn system_ctx() -> WriteCtx {
     WriteCtx {
         user: UserInfo { name: "system:apiserver".into(), groups: vec![MASTERS.into()], ..Default::default() },
         dry_run: false,
@@ -46,7 +47,7 @@ async fn ensure(
         Ok(current) => {
             let stale = reconcile.iter().any(|f| current.get(*f) != obj.get(*f));
             if stale {
-                let mut c = ctx();
+                let mut c = system_ctx();
                 let fields: Vec<String> = reconcile.iter().map(|s| s.to_string()).collect();
                 objects
                     .update_with(info, ns, &name, "", &mut c, |cur, _| {
@@ -64,7 +65,7 @@ async fn ensure(
             Ok(())
         }
         Err(e) if e.code == 404 => {
-            let mut c = ctx();
+            let mut c = system_ctx();
             match objects.create(info, ns, obj, &mut c).await {
                 Ok(_) => Ok(()),
                 Err(e) if e.code == 409 => Ok(()),

@@ -11,10 +11,10 @@ use serde_json::{Map, Value, json};
 
 use crate::api::registry;
 use crate::api::status::ApiError;
-use crate::server::apiserver::objects::{FieldValidation, Objects, WriteCtx};
+use crate::server::apiserver::bootstrap::system_ctx;
+use crate::server::apiserver::objects::Objects;
 
 use super::rules::{self, PolicyRule};
-use super::{MASTERS, UserInfo};
 
 const POLICY: &str = include_str!("policy.yaml");
 
@@ -138,18 +138,6 @@ pub fn default_objects() -> Result<Vec<(&'static str, Value)>, String> {
     Ok(out)
 }
 
-fn ctx() -> WriteCtx {
-    WriteCtx {
-        user: UserInfo { name: "system:apiserver".into(), groups: vec![MASTERS.into()], ..Default::default() },
-        dry_run: false,
-        field_manager: "skiff-apiserver".into(),
-        validation: FieldValidation::Ignore,
-        warnings: Vec::new(),
-        apply: None,
-        body: Default::default(),
-    }
-}
-
 /// Adds to `into` the keys of `from` it lacks (existing values win, as upstream merges).
 fn merge_map(into: &mut Value, from: &Value) -> bool {
     let Some(from) = from.as_object() else { return false };
@@ -252,7 +240,7 @@ async fn reconcile_one(objects: &Objects, plural: &'static str, obj: Value) -> R
             if reconciled(plural, &current, &obj).is_none() {
                 return Ok(false);
             }
-            let mut c = ctx();
+            let mut c = system_ctx();
             objects
                 .update_with(info, &ns, &name, "", &mut c, |cur, _| {
                     let mut next = reconciled(plural, cur, &obj).unwrap_or_else(|| cur.clone());
@@ -263,7 +251,7 @@ async fn reconcile_one(objects: &Objects, plural: &'static str, obj: Value) -> R
             Ok(true)
         }
         Err(e) if e.code == 404 => {
-            let mut c = ctx();
+            let mut c = system_ctx();
             match objects.create(info, &ns, obj, &mut c).await {
                 Ok(_) => Ok(true),
                 Err(e) if e.code == 409 => Ok(false),
