@@ -221,10 +221,13 @@ if [ -n "$pids" ]; then
     # shellcheck disable=SC2086
     kill -9 $pids 2>/dev/null || true
 fi
-# Container processes left behind by the killed shims: everything in the pods' cgroups.
+# Container processes left behind by the killed shims: everything in the pods' cgroups. A
+# process of another PID namespace shows as 0 there, and kill(0) would hit this script's own
+# process group: only real PIDs are signalled.
 find /sys/fs/cgroup -path '*kubepods*' -name cgroup.procs 2>/dev/null | while IFS= read -r procs; do
-    # shellcheck disable=SC2046
-    kill -9 $(cat "$procs" 2>/dev/null) 2>/dev/null || true
+    while IFS= read -r pid; do
+        [ "$pid" -gt 1 ] 2>/dev/null && kill -9 "$pid" 2>/dev/null
+    done <"$procs"
 done
 
 # Mounts under the data dir, deepest first: pod volumes, container root filesystems, shm, and

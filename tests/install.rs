@@ -168,6 +168,7 @@ fn install_restart_upgrade_kill_and_uninstall_on_a_systemd_box() {
 
     // systemd restarts a killed skiff; the pods stay.
     let pid = main_pid(&b);
+    assert!(pid.parse::<u32>().is_ok_and(|p| p > 1), "skiff's main PID is {pid:?}");
     b.ok(&format!("kill -9 {pid}"));
     same_pods_after(&b, "kill -9", &pid, &pods);
 
