@@ -49,6 +49,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, action = ArgAction::Append)]
         args: Vec<OsString>,
     },
+    /// Write the manual pages (skiff.1 and one per subcommand) into DIR; used by packaging.
+    #[command(hide = true)]
+    Man {
+        /// Directory to write the pages into (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// Errors of the command line, each printed as one line.
@@ -73,6 +79,13 @@ pub fn run() -> i32 {
         Ok(Parsed::Images(flags)) => crate::cri::images_cli::run_blocking(*flags),
         Ok(Parsed::CheckConfig(flags)) => crate::checkconfig::cli::run_blocking(flags),
         Ok(Parsed::Token(flags)) => crate::server::token_cli::run_blocking(*flags),
+        Ok(Parsed::Man(dir)) => match write_man_pages(&dir) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("skiff: writing manual pages to {}: {e}", dir.display());
+                1
+            }
+        },
         Ok(Parsed::Exit(code)) => code,
         Err(e) => {
             eprintln!("skiff: {e}");
@@ -91,6 +104,8 @@ pub enum Parsed {
     Images(Box<crate::cri::images_cli::ImagesFlags>),
     CheckConfig(crate::checkconfig::cli::CheckConfigFlags),
     Token(Box<crate::server::token_cli::TokenFlags>),
+    /// Write the manual pages into this directory.
+    Man(PathBuf),
     /// `--help` or `--version` was printed.
     Exit(i32),
 }
@@ -133,6 +148,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed, CliError> {
         Command::Images(flags) => Ok(Parsed::Images(flags)),
         Command::CheckConfig(flags) => Ok(Parsed::CheckConfig(flags)),
         Command::Token(flags) => Ok(Parsed::Token(flags)),
+        Command::Man { dir } => Ok(Parsed::Man(dir)),
     }
 }
 
@@ -233,6 +249,13 @@ fn yaml_scalar(v: &serde_yaml::Value) -> Option<String> {
         serde_yaml::Value::Bool(b) => Some(b.to_string()),
         _ => None,
     }
+}
+
+/// Renders the manual pages from the command line's own definition, so they never disagree
+/// with `--help`: `skiff.1` and one page per visible subcommand (`skiff-server.1`, ...).
+pub fn write_man_pages(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    clap_mangen::generate_to(Cli::command(), dir)
 }
 
 /// The admin kubeconfig `skiff kubectl` uses when `KUBECONFIG` is unset.
