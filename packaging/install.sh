@@ -382,15 +382,23 @@ print_next_steps() {
     echo "Logs: journalctl -u $UNIT    Uninstall: $BIN_DIR/$UNIT-uninstall.sh"
 }
 
-check_box
-pick_command
-check_config
-install_binary
-install_images
-write_env_file
-write_unit
-write_killall
-write_uninstall
-if start_unit; then
-    print_next_steps
+main() {
+    check_box
+    pick_command
+    check_config
+    install_binary
+    install_images
+    write_env_file
+    write_unit
+    write_killall
+    write_uninstall
+    if start_unit; then
+        print_next_steps
+    fi
+}
+
+# packaging/deb.sh sources this file for write_killall, so the Debian package ships the same
+# skiff-killall.sh as an install with this script.
+if [ "${INSTALL_SKIFF_AS_LIBRARY:-}" != true ]; then
+    main
 fi

@@ -46,6 +46,15 @@ fn snapshot(b: &SysBox) -> BTreeMap<&'static str, String> {
     s
 }
 
+/// Fails naming what `what` added to or removed from each part of the snapshot.
+fn assert_unchanged(before: &BTreeMap<&str, String>, after: &BTreeMap<&str, String>, what: &str) {
+    for (k, v) in before {
+        let gone: Vec<&str> = v.lines().filter(|l| !after[k].lines().any(|a| a == *l)).collect();
+        let left: Vec<&str> = after[k].lines().filter(|l| !v.lines().any(|b| b == *l)).collect();
+        assert!(gone.is_empty() && left.is_empty(), "{what} changed {k}: gone {gone:#?}, left {left:#?}");
+    }
+}
+
 fn node_ready(b: &SysBox) -> bool {
     let out = b.sh("skiff kubectl get node box -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'");
     out.stdout == b"True"
@@ -176,12 +185,7 @@ fn install_restart_upgrade_kill_and_uninstall_on_a_systemd_box() {
     b.ok("/usr/local/bin/skiff-uninstall.sh");
     assert_eq!(b.sh("systemctl is-active skiff").stdout, b"inactive\n");
     assert_eq!(b.ok("ps -eo comm | grep -E '^(containerd-shim|sleep)' || true"), "");
-    let after = snapshot(&b);
-    for (k, v) in &before {
-        let gone: Vec<&str> = v.lines().filter(|l| !after[k].lines().any(|a| a == *l)).collect();
-        let left: Vec<&str> = after[k].lines().filter(|l| !v.lines().any(|b| b == *l)).collect();
-        assert!(gone.is_empty() && left.is_empty(), "uninstall changed {k}: gone {gone:#?}, left {left:#?}");
-    }
+    assert_unchanged(&before, &snapshot(&b), "uninstall");
 }
 
 #[test]
@@ -239,4 +243,84 @@ fn an_agent_box_installed_with_the_url_and_token_joins_and_runs_a_pod() {
     });
     let tasks = agent.ok(&format!("ctr --address {SOCK} -n k8s.io tasks ls -q | wc -l"));
     assert_eq!(tasks.trim(), "2", "the sandbox and the container run on the agent box");
+}
+
+/// The files a package may leave or change, as apt and dpkg keep their books: everything else
+/// under /etc, /var/lib, /usr and /lib must be as before the install once skiff is purged.
+fn package_snapshot(b: &SysBox) -> BTreeMap<&'static str, String> {
+    let mut s = snapshot(b);
+    s.insert(
+        "files",
+        b.ok("find /etc /var/lib /usr /lib \\( -path /var/lib/systemd -o -path /var/lib/dbus -o -path /var/lib/dpkg \
+              -o -path /var/lib/apt -o -path /etc/ld.so.cache \\) -prune -o -print | sort"),
+    );
+    s
+}
+
+#[test]
+fn the_debian_package_installs_with_apt_runs_the_server_and_purges_clean() {
+    require_sysbox!();
+    let arch = String::from_utf8(
+        std::process::Command::new("dpkg").arg("--print-architecture").output().expect("dpkg").stdout,
+    )
+    .expect("utf-8");
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let built = std::process::Command::new(repo_file("packaging/deb.sh"))
+        .arg(bin::skiff_bin())
+        .arg(arch.trim())
+        .arg(out_dir.path())
+        .output()
+        .expect("packaging/deb.sh");
+    assert!(built.status.success(), "deb.sh: {}", String::from_utf8_lossy(&built.stderr));
+    let deb = std::fs::read_dir(out_dir.path())
+        .expect("out dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("a .deb");
+    let name = deb.file_name().expect("name").to_string_lossy().into_owned();
+    assert_eq!(name, format!("skiff_{}_{}.deb", env!("CARGO_PKG_VERSION"), arch.trim()));
+
+    let b = SysBox::boot("debbox", "172.31.253.2");
+    b.put(&deb, &format!("/root/{name}"), 0o644);
+    b.put(Path::new("/usr/bin/kubectl"), "/usr/bin/kubectl", 0o755);
+    // The box has no default route: its address and name are given, as a user would in
+    // /etc/default/skiff (the unit reads it) before installing. Hard eviction on memory only:
+    // the box's disk is the host's, whose fill level is not this test's business.
+    b.write(
+        "/etc/default/skiff",
+        b"SKIFF_ADVERTISE_ADDRESS=172.31.253.2\nSKIFF_NODE_NAME=box\nSKIFF_KUBELET_ARG=eviction-hard=memory.available<100Mi\n",
+    );
+    let before = package_snapshot(&b);
+
+    // The image the pod needs is put where the agent imports it from; it goes with the purge.
+    b.write("/var/lib/skiff/agent/images/busybox.tar", &images::oci_archive("docker.io/library/busybox:latest"));
+    let out = b.ok(&format!("apt-get install -y /root/{name} 2>&1"));
+    assert!(out.contains("Setting up skiff"), "{out}");
+    assert_eq!(b.ok("systemctl is-enabled skiff"), "enabled\n");
+    assert_eq!(b.ok("systemctl is-enabled skiff-agent || true"), "disabled\n");
+    let unit = b.ok("cat /lib/systemd/system/skiff.service");
+    let shipped = std::fs::read_to_string(repo_file("systemd/skiff.service")).expect("systemd/skiff.service");
+    assert_eq!(unit, shipped.replace("ExecStart=/usr/local/bin/skiff server\n", "ExecStart=/usr/bin/skiff server\n"));
+    assert_eq!(b.ok("dpkg-query -W -f '${Depends}' skiff"), "containerd, runc, containernetworking-plugins, nftables");
+    // The manual pages are the command line's own: every subcommand has one, with its flags.
+    let pages = b.ok("ls /usr/share/man/man1");
+    for page in ["skiff.1.gz", "skiff-server.1.gz", "skiff-agent.1.gz", "skiff-check-config.1.gz"] {
+        assert!(pages.lines().any(|l| l == page), "no {page} in {pages}");
+    }
+    assert!(b.ok("zcat /usr/share/man/man1/skiff-server.1.gz").contains("\\-\\-advertise\\-address"));
+    // The example configuration is only comments: the server starts with it as shipped.
+    assert!(b.ok("grep -v '^#' /etc/skiff/config.yaml || true").trim().is_empty());
+
+    b.wait_for("skiff active", Duration::from_secs(60), |b| b.sh("systemctl is-active skiff").stdout == b"active\n");
+    b.wait_for("the node Ready", Duration::from_secs(90), node_ready);
+    b.ok("skiff kubectl run one --image=busybox --restart=Never -- sleep 3600");
+    b.wait_for("the pod Running", Duration::from_secs(90), |b| {
+        b.sh("skiff kubectl get pod one -o jsonpath='{.status.phase}'").stdout == b"Running"
+    });
+
+    let out = b.ok("apt-get purge -y skiff 2>&1");
+    assert!(out.contains("Purging configuration files for skiff"), "{out}");
+    assert_eq!(b.sh("systemctl is-active skiff").stdout, b"inactive\n");
+    assert_eq!(b.ok("ps -eo comm | grep -E '^(containerd-shim|sleep|skiff)' || true"), "");
+    assert_unchanged(&before, &package_snapshot(&b), "purge");
 }
