@@ -1,14 +1,14 @@
 //! The resource registry: every kind the API server serves, as data.
 //!
 //! One row per (group, version, resource): names, scope, verbs, short names, categories,
-//! subresources, the storage key prefix and the OpenAPI schema of the kind. Everything that
+//! subresources, the storage key prefix and the OpenAPI definition of the kind. Everything that
 //! needs to know "what exists" (routing, discovery, OpenAPI, kubectl's `api-resources`) reads
 //! this table; nothing here knows about HTTP or the store.
 
-use schemars::{Schema, SchemaGenerator};
-
-/// Returns a `$ref` schema for the kind, registering its definitions in the generator.
-pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+/// Returns a `$ref` schema for the kind, registering its definitions in the generator. Only
+/// the tests generate schemas: the binary carries them as data (`api::schema`).
+#[cfg(test)]
+pub type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
 /// See [`crate::api::decode::check`].
 pub type CheckFn = fn(&serde_json::Value) -> Result<crate::api::decode::DecodeReport, String>;
 
@@ -59,6 +59,7 @@ pub struct ResourceInfo {
     pub storage_prefix: &'static str,
     /// The OpenAPI definition name, e.g. `io.k8s.api.apps.v1.Deployment`.
     pub definition: &'static str,
+    #[cfg(test)]
     pub schema: SchemaFn,
     /// Decodes a value as the kind's typed struct, reporting unknown fields or a type error.
     pub check: CheckFn,
@@ -135,7 +136,8 @@ macro_rules! res {
             storage: $storage,
             storage_prefix: $prefix,
             definition: $def,
-            schema: |g: &mut SchemaGenerator| g.subschema_for::<$ty>(),
+            #[cfg(test)]
+            schema: |g: &mut schemars::SchemaGenerator| g.subschema_for::<$ty>(),
             check: |v: &serde_json::Value| crate::api::decode::check::<$ty>(v),
         }
     };

@@ -1,28 +1,84 @@
-//! Navigation of the kinds' schemas: which type a field of a type has.
+//! The kinds' OpenAPI definitions, and navigation of them: which type a field of a type has.
 //!
-//! The schemas come from k8s-openapi (through the registry) and are generated once, on first
-//! use. Strategic merge patch uses this to know, for a field, which type's patch strategy
-//! applies.
+//! The definitions are those k8s-openapi's schemars implementations render for every served
+//! kind and everything it references, in two dialects: `v2` (JSON schema draft 7, `$ref`s to
+//! `#/definitions/`, for `/openapi/v2` and for navigation) and `v3` (OpenAPI 3.0, `$ref`s to
+//! `#/components/schemas/`). The binary carries them as data, `definitions.json.gz` (about
+//! 230 KiB), parsed on first use, not as schema-building code, which was several MiB of the
+//! binary; the test `embedded_definitions_are_current` renders them again and fails when the
+//! file is stale (`SKIFF_WRITE_DEFINITIONS=1 cargo test embedded_definitions` rewrites it).
+//! Strategic merge patch and managed fields use the navigation to know, for a field, which
+//! type's rules apply.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::sync::OnceLock;
 
-use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value};
 
-use crate::api::registry::RESOURCES;
-
 const PREFIX: &str = "#/definitions/";
+const PREFIX_V3: &str = "#/components/schemas/";
+
+/// The embedded definitions file: `{"v2": {name: schema}, "v3": {name: schema}}`.
+static DEFINITIONS_GZ: &[u8] = include_bytes!("definitions.json.gz");
+
+struct Definitions {
+    v2: Map<String, Value>,
+    v3: Map<String, Value>,
+}
+
+fn embedded() -> &'static Definitions {
+    static DEFS: OnceLock<Definitions> = OnceLock::new();
+    DEFS.get_or_init(|| {
+        let mut text = Vec::new();
+        let mut parsed = flate2::read::GzDecoder::new(DEFINITIONS_GZ)
+            .read_to_end(&mut text)
+            .ok()
+            .and_then(|_| serde_json::from_slice::<Value>(&text).ok());
+        let mut take = |dialect: &str| match parsed.as_mut().and_then(|v| v.get_mut(dialect)).map(Value::take) {
+            Some(Value::Object(m)) => m,
+            // The file is part of the build and checked by a test; an unreadable one would
+            // only leave the documents empty.
+            _ => Map::new(),
+        };
+        Definitions { v2: take("v2"), v3: take("v3") }
+    })
+}
 
 fn definitions() -> &'static Map<String, Value> {
-    static DEFS: OnceLock<Map<String, Value>> = OnceLock::new();
-    DEFS.get_or_init(|| {
-        let mut generator = SchemaSettings::draft07().with(|s| s.definitions_path = PREFIX.into()).into_generator();
-        for r in RESOURCES {
-            (r.schema)(&mut generator);
+    &embedded().v2
+}
+
+/// The definitions of the named roots and of everything they reference, in the v2 or v3
+/// dialect: what a document listing those kinds must contain.
+pub fn definitions_for<'a>(roots: impl IntoIterator<Item = &'a str>, v3: bool) -> Map<String, Value> {
+    let (all, prefix) = if v3 { (&embedded().v3, PREFIX_V3) } else { (&embedded().v2, PREFIX) };
+    let mut out = Map::new();
+    let mut todo: Vec<String> = roots.into_iter().map(str::to_string).collect();
+    while let Some(name) = todo.pop() {
+        if out.contains_key(&name) {
+            continue;
         }
-        generator.take_definitions(true)
-    })
+        let Some(def) = all.get(&name) else { continue };
+        collect_refs(def, prefix, &mut todo);
+        out.insert(name, def.clone());
+    }
+    out
+}
+
+fn collect_refs(v: &Value, prefix: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                match (k.as_str(), child) {
+                    ("$ref", Value::String(r)) => out.extend(r.strip_prefix(prefix).map(str::to_string)),
+                    _ => collect_refs(child, prefix, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|child| collect_refs(child, prefix, out)),
+        _ => {}
+    }
 }
 
 fn ref_name(schema: &Value) -> Option<&str> {
@@ -71,6 +127,62 @@ pub fn is_known(definition: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::registry::{RESOURCES, ResourceInfo};
+    use schemars::generate::SchemaSettings;
+
+    /// What k8s-openapi's schemars implementations render for these kinds, in one dialect.
+    fn rendered<'a>(resources: impl IntoIterator<Item = &'a ResourceInfo>, v3: bool) -> Map<String, Value> {
+        let settings = if v3 {
+            SchemaSettings::openapi3()
+        } else {
+            SchemaSettings::draft07().with(|s| s.definitions_path = PREFIX.into())
+        };
+        let mut generator = settings.into_generator();
+        for r in resources {
+            (r.schema)(&mut generator);
+        }
+        generator.take_definitions(true)
+    }
+
+    #[test]
+    fn embedded_definitions_are_current() {
+        let fresh = serde_json::json!({"v2": rendered(RESOURCES, false), "v3": rendered(RESOURCES, true)});
+        let embedded = serde_json::json!({"v2": embedded().v2, "v3": embedded().v3});
+        if fresh == embedded {
+            return;
+        }
+        if std::env::var_os("SKIFF_WRITE_DEFINITIONS").is_some() {
+            use std::io::Write;
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/definitions.json.gz");
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            gz.write_all(&serde_json::to_vec(&fresh).unwrap()).unwrap();
+            std::fs::write(path, gz.finish().unwrap()).unwrap();
+            panic!("rewrote {path}; build again");
+        }
+        panic!("src/api/definitions.json.gz is stale: run SKIFF_WRITE_DEFINITIONS=1 cargo test embedded_definitions");
+    }
+
+    #[test]
+    fn a_kinds_definitions_are_what_it_references() {
+        // Every group-version's document lists exactly what the generator would register for
+        // its kinds.
+        let mut groups: HashMap<(&str, &str), Vec<&ResourceInfo>> = HashMap::new();
+        for r in RESOURCES {
+            groups.entry((r.group, r.version)).or_default().push(r);
+        }
+        for ((group, version), resources) in groups {
+            for v3 in [false, true] {
+                let expected = rendered(resources.iter().copied(), v3);
+                let got = definitions_for(resources.iter().map(|r| r.definition), v3);
+                assert_eq!(
+                    got.keys().collect::<Vec<_>>(),
+                    expected.keys().collect::<Vec<_>>(),
+                    "{group}/{version} v3={v3}"
+                );
+                assert_eq!(got, expected, "{group}/{version} v3={v3}");
+            }
+        }
+    }
 
     #[test]
     fn walks_from_a_deployment_to_container_ports() {

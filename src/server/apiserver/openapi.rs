@@ -1,5 +1,6 @@
-//! OpenAPI v2 and v3 documents generated from the registry: the kinds' schemas come from
-//! k8s-openapi (with their field descriptions), paths and operations from the registry.
+//! OpenAPI v2 and v3 documents generated from the registry: the kinds' schemas are
+//! k8s-openapi's (with their field descriptions, embedded as data by `api::schema`), paths and
+//! operations come from the registry.
 //!
 //! kubectl reads the v3 documents for `explain` and to learn that the server validates fields
 //! itself (the `fieldValidation` parameter on each kind's PATCH operation), so it never needs
@@ -9,7 +10,6 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
 use crate::api::registry::{self, ResourceInfo, Storage};
@@ -152,16 +152,7 @@ fn paths_for(r: &ResourceInfo, prefix: &str, v3: bool, out: &mut Map<String, Val
 
 /// Schemas of the given resources, `$ref`s pointing under `prefix`, with their GVK extension.
 fn schemas(resources: &[&ResourceInfo], v3: bool) -> Map<String, Value> {
-    let settings = if v3 {
-        SchemaSettings::openapi3()
-    } else {
-        SchemaSettings::draft07().with(|s| s.definitions_path = "#/definitions/".into())
-    };
-    let mut generator = settings.into_generator();
-    for r in resources {
-        (r.schema)(&mut generator);
-    }
-    let mut defs = generator.take_definitions(true);
+    let mut defs = crate::api::schema::definitions_for(resources.iter().map(|r| r.definition), v3);
     for (def, field, strategy, key) in crate::api::patch::strategy::TABLE {
         if *strategy == "atomic" {
             continue;
