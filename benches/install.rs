@@ -35,6 +35,22 @@ fn memory_mib(b: &SysBox) -> f64 {
     bytes / (1024.0 * 1024.0)
 }
 
+/// MemoryCurrent, and how much of it is the processes' resident memory: skiff, its
+/// containerd, and the shims together.
+fn memory_line(b: &SysBox) -> String {
+    let rss = |comm: &str| -> f64 {
+        let out = b.ok(&format!("ps -C {comm} -o rss= || true"));
+        out.split_whitespace().filter_map(|k| k.parse::<f64>().ok()).sum::<f64>() / 1024.0
+    };
+    format!(
+        "{:.1} MiB (RSS: skiff {:.1}, containerd {:.1}, shims {:.1} MiB)",
+        memory_mib(b),
+        rss("skiff"),
+        rss("containerd"),
+        rss("containerd-shim-runc-v2")
+    )
+}
+
 /// Boots a box, installs skiff in it and returns the box and the seconds from the installer's
 /// start until the node is `Ready`.
 fn install_once(round: usize) -> (SysBox, Duration) {
@@ -88,7 +104,7 @@ fn main() {
     println!("install to Ready: median {:.2} s of {ROUNDS} ({} s)", times[ROUNDS / 2].as_secs_f64(), fmt.join(", "));
 
     std::thread::sleep(SETTLE);
-    println!("MemoryCurrent of skiff.service, idle, 0 pods: {:.1} MiB", memory_mib(&b));
+    println!("MemoryCurrent of skiff.service, idle, 0 pods: {}", memory_line(&b));
 
     b.ok(&format!("skiff kubectl create deployment idle --image=busybox --replicas={PODS} -- sleep 36000"));
     let start = Instant::now();
@@ -101,7 +117,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(500));
     }
     std::thread::sleep(SETTLE);
-    println!("MemoryCurrent of skiff.service, idle, {PODS} pods: {:.1} MiB", memory_mib(&b));
+    println!("MemoryCurrent of skiff.service, idle, {PODS} pods: {}", memory_line(&b));
     let shims = b.ok("pgrep -c containerd-shim || true");
     println!("({} containerd-shim processes in the unit)", shims.trim());
 }
