@@ -47,7 +47,7 @@ fn memory_line(b: &SysBox) -> String {
         memory_mib(b),
         rss("skiff"),
         rss("containerd"),
-        rss("containerd-shim-runc-v2")
+        rss("containerd-shim")
     )
 }
 
