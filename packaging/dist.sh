@@ -41,6 +41,7 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$ARCHES" ] || ARCHES="amd64 arm64 armhf"
 MAX_BYTES=$((30 * 1024 * 1024))
+OVERSIZE=""
 OUT=dist
 mkdir -p "$OUT"
 
@@ -106,9 +107,10 @@ build() {
     case "$description" in
         *"not stripped"*) echo "dist.sh: $OUT/skiff-$1 is not stripped" >&2; exit 1 ;;
     esac
+    # Over the limit fails the run, after the other architectures are built and checked too.
     if [ "$PROFILE" = dist ] && [ "$size" -gt "$MAX_BYTES" ]; then
         echo "dist.sh: $OUT/skiff-$1 is $size bytes, over the 30 MiB limit" >&2
-        exit 1
+        OVERSIZE="$OVERSIZE $1"
     fi
 }
 
@@ -173,3 +175,7 @@ done
     done >sha256sum.txt
 )
 echo "dist.sh: wrote $OUT/sha256sum.txt"
+if [ -n "$OVERSIZE" ]; then
+    echo "dist.sh: over the 30 MiB limit:$OVERSIZE" >&2
+    exit 1
+fi
