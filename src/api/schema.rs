@@ -22,37 +22,49 @@ const PREFIX_V3: &str = "#/components/schemas/";
 /// The embedded definitions file: `{"v2": {name: schema}, "v3": {name: schema}}`.
 static DEFINITIONS_GZ: &[u8] = include_bytes!("definitions.json.gz");
 
-struct Definitions {
-    v2: Map<String, Value>,
-    v3: Map<String, Value>,
+/// One dialect (`v2` or `v3`) of the embedded file.
+fn parse(dialect: &str) -> Map<String, Value> {
+    let mut text = Vec::new();
+    let parsed = flate2::read::GzDecoder::new(DEFINITIONS_GZ)
+        .read_to_end(&mut text)
+        .ok()
+        .and_then(|_| serde_json::from_slice::<Value>(&text).ok());
+    match parsed.and_then(|mut v| v.get_mut(dialect).map(Value::take)) {
+        Some(Value::Object(m)) => m,
+        // The file is part of the build and checked by a test; an unreadable one would only
+        // leave the documents empty and patches without list strategies.
+        _ => Map::new(),
+    }
 }
 
-fn embedded() -> &'static Definitions {
-    static DEFS: OnceLock<Definitions> = OnceLock::new();
-    DEFS.get_or_init(|| {
-        let mut text = Vec::new();
-        let mut parsed = flate2::read::GzDecoder::new(DEFINITIONS_GZ)
-            .read_to_end(&mut text)
-            .ok()
-            .and_then(|_| serde_json::from_slice::<Value>(&text).ok());
-        let mut take = |dialect: &str| match parsed.as_mut().and_then(|v| v.get_mut(dialect)).map(Value::take) {
-            Some(Value::Object(m)) => m,
-            // The file is part of the build and checked by a test; an unreadable one would
-            // only leave the documents empty.
-            _ => Map::new(),
-        };
-        Definitions { v2: take("v2"), v3: take("v3") }
-    })
-}
-
+/// The v2 definitions, parsed once and kept: navigation looks them up on every write.
 fn definitions() -> &'static Map<String, Value> {
-    &embedded().v2
+    static DEFS: OnceLock<Map<String, Value>> = OnceLock::new();
+    DEFS.get_or_init(|| parse("v2"))
 }
 
-/// The definitions of the named roots and of everything they reference, in the v2 or v3
-/// dialect: what a document listing those kinds must contain.
-pub fn definitions_for<'a>(roots: impl IntoIterator<Item = &'a str>, v3: bool) -> Map<String, Value> {
-    let (all, prefix) = if v3 { (&embedded().v3, PREFIX_V3) } else { (&embedded().v2, PREFIX) };
+/// The definitions of the named roots and of everything they reference, in the v2 dialect:
+/// what a document listing those kinds must contain.
+pub fn definitions_for<'a>(roots: impl IntoIterator<Item = &'a str>) -> Map<String, Value> {
+    closure(definitions(), PREFIX, roots)
+}
+
+/// The v3 definitions. Only the OpenAPI v3 documents need them, built once: they are parsed
+/// for that and dropped with this value rather than kept (several MiB as JSON values).
+pub struct V3Definitions(Map<String, Value>);
+
+impl V3Definitions {
+    pub fn load() -> V3Definitions {
+        V3Definitions(parse("v3"))
+    }
+
+    /// Like [`definitions_for`], in the v3 dialect.
+    pub fn definitions_for<'a>(&self, roots: impl IntoIterator<Item = &'a str>) -> Map<String, Value> {
+        closure(&self.0, PREFIX_V3, roots)
+    }
+}
+
+fn closure<'a>(all: &Map<String, Value>, prefix: &str, roots: impl IntoIterator<Item = &'a str>) -> Map<String, Value> {
     let mut out = Map::new();
     let mut todo: Vec<String> = roots.into_iter().map(str::to_string).collect();
     while let Some(name) = todo.pop() {
@@ -147,7 +159,7 @@ mod tests {
     #[test]
     fn embedded_definitions_are_current() {
         let fresh = serde_json::json!({"v2": rendered(RESOURCES, false), "v3": rendered(RESOURCES, true)});
-        let embedded = serde_json::json!({"v2": embedded().v2, "v3": embedded().v3});
+        let embedded = serde_json::json!({"v2": parse("v2"), "v3": parse("v3")});
         if fresh == embedded {
             return;
         }
@@ -170,10 +182,12 @@ mod tests {
         for r in RESOURCES {
             groups.entry((r.group, r.version)).or_default().push(r);
         }
+        let all_v3 = V3Definitions::load();
         for ((group, version), resources) in groups {
             for v3 in [false, true] {
                 let expected = rendered(resources.iter().copied(), v3);
-                let got = definitions_for(resources.iter().map(|r| r.definition), v3);
+                let roots = resources.iter().map(|r| r.definition);
+                let got = if v3 { all_v3.definitions_for(roots) } else { definitions_for(roots) };
                 assert_eq!(
                     got.keys().collect::<Vec<_>>(),
                     expected.keys().collect::<Vec<_>>(),

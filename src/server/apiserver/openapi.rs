@@ -13,6 +13,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use crate::api::registry::{self, ResourceInfo, Storage};
+use crate::api::schema::V3Definitions;
 
 /// The built documents.
 pub struct OpenApi {
@@ -150,9 +151,13 @@ fn paths_for(r: &ResourceInfo, prefix: &str, v3: bool, out: &mut Map<String, Val
     out.insert(format!("{base}{scope}/{}/{{name}}", r.plural), Value::Object(item));
 }
 
-/// Schemas of the given resources, `$ref`s pointing under `prefix`, with their GVK extension.
-fn schemas(resources: &[&ResourceInfo], v3: bool) -> Map<String, Value> {
-    let mut defs = crate::api::schema::definitions_for(resources.iter().map(|r| r.definition), v3);
+/// Schemas of the given resources with their GVK extension: v2, or v3 from these definitions.
+fn schemas(resources: &[&ResourceInfo], v3: Option<&V3Definitions>) -> Map<String, Value> {
+    let roots = resources.iter().map(|r| r.definition);
+    let mut defs = match v3 {
+        Some(all) => all.definitions_for(roots),
+        None => crate::api::schema::definitions_for(roots),
+    };
     for (def, field, strategy, key) in crate::api::patch::strategy::TABLE {
         if *strategy == "atomic" {
             continue;
@@ -194,7 +199,7 @@ impl OpenApi {
             "swagger": "2.0",
             "info": {"title": "Kubernetes", "version": format!("v{}.{}.0", super::KUBE_MAJOR, super::KUBE_MINOR)},
             "paths": v2_paths,
-            "definitions": schemas(&all, false),
+            "definitions": schemas(&all, None),
         });
         let v2 = Bytes::from(serde_json::to_vec(&v2).unwrap_or_default());
         let v2_etag = hash(&v2);
@@ -207,6 +212,7 @@ impl OpenApi {
             };
             gvs.entry(key).or_default().push(r);
         }
+        let v3_definitions = V3Definitions::load();
         let mut v3_docs = BTreeMap::new();
         let mut index = Map::new();
         for (path, resources) in gvs {
@@ -218,7 +224,7 @@ impl OpenApi {
                 "openapi": "3.0.0",
                 "info": {"title": "Kubernetes", "version": format!("v{}.{}.0", super::KUBE_MAJOR, super::KUBE_MINOR)},
                 "paths": paths,
-                "components": {"schemas": schemas(&resources, true)},
+                "components": {"schemas": schemas(&resources, Some(&v3_definitions))},
             });
             let bytes = Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
             let h = hash(&bytes);
