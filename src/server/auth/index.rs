@@ -15,7 +15,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::store::{Datastore, EventKind, KeyValue};
+use crate::server::store::follow::{Follower, follow};
+use crate::server::store::{Datastore, KeyValue};
 
 use super::UserInfo;
 use super::rules::{PolicyRule, rules_of};
@@ -291,61 +292,30 @@ impl RbacIndex {
         let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|r| *r >= revision)).await;
     }
 
-    /// Loads every RBAC object from `store`, then follows its changes until `cancel`; a watch
-    /// that ends (a slow watcher dropped, compaction) starts over with a fresh load.
+    /// Loads every RBAC object from `store`, then follows its changes until `cancel`.
     pub async fn run(self: Arc<Self>, store: Arc<dyn Datastore>, cancel: CancellationToken) {
-        loop {
-            let start = match self.load(&*store).await {
-                Ok(rev) => rev,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot load RBAC objects; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
-            };
-            let mut watch = match store.watch(PREFIX, start).await {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch RBAC objects; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
-            };
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    ev = watch.next() => match ev {
-                        Some(Ok(ev)) => {
-                            self.apply_kv(&ev.kv, ev.kind == EventKind::Deleted);
-                            self.synced.send_replace(ev.revision);
-                        }
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, "RBAC watch ended; reloading");
-                            break;
-                        }
-                        None => return,
-                    }
-                }
-            }
-        }
+        follow(store, PREFIX, "RBAC objects", &mut Feed(&self), cancel).await;
     }
+}
 
-    /// Replaces the index with the store's RBAC objects; returns the revision read at.
-    pub async fn load(&self, store: &dyn Datastore) -> Result<u64, crate::server::store::StoreError> {
-        let r = store.range(PREFIX, None, 0, None).await?;
+/// The index as a store follower.
+struct Feed<'a>(&'a RbacIndex);
+
+impl Follower for Feed<'_> {
+    fn reset(&mut self, kvs: &[KeyValue], revision: u64) {
         let mut fresh = State::default();
-        for kv in &r.kvs {
+        for kv in kvs {
             if let Ok(v) = serde_json::from_slice::<Value>(&kv.value) {
                 fresh.apply(&kv.key, Some(&v));
             }
         }
-        *self.state.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-        self.synced.send_replace(r.revision);
-        Ok(r.revision)
+        *self.0.state.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        self.0.synced.send_replace(revision);
+    }
+
+    fn apply(&mut self, kv: &KeyValue, deleted: bool, revision: u64) {
+        self.0.apply_kv(kv, deleted);
+        self.0.synced.send_replace(revision);
     }
 }
 

@@ -8,6 +8,7 @@
 //! This room stores bytes under string keys. It knows nothing about Kubernetes objects,
 //! JSON, or HTTP.
 
+pub mod follow;
 mod history;
 mod redb_store;
 mod watch_hub;
