@@ -189,11 +189,10 @@ pub fn sandbox_config(
             }
         }
     }
-    let hostname = if host_network {
-        nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default()
-    } else {
-        spec.hostname.clone().unwrap_or_else(|| name.to_string())
-    };
+    // A host-network pod shares the node's UTS namespace, so it has the node's hostname and
+    // sets none (runc refuses a hostname without a private UTS namespace), as upstream's
+    // kubelet leaves it empty.
+    let hostname = if host_network { String::new() } else { spec.hostname.clone().unwrap_or_else(|| name.to_string()) };
     let psc = spec.security_context.clone().unwrap_or_default();
     let mode = |host: Option<bool>| {
         if host.unwrap_or(false) { proto::NamespaceMode::Node as i32 } else { proto::NamespaceMode::Pod as i32 }
@@ -417,6 +416,18 @@ mod tests {
         let b = pod("metadata: {name: a}\nspec: {containers: [{name: c, resources: {requests: {cpu: 100m}}}]}");
         assert_eq!(qos_class(&b), "Burstable");
         assert_eq!(cgroup_parent(&b, CgroupDriver::Cgroupfs), "/kubepods/burstable/pod");
+    }
+
+    #[test]
+    fn a_host_network_sandbox_sets_no_hostname() {
+        let cfg = |yaml: &str| {
+            sandbox_config(&pod(yaml), 0, Path::new("/l"), proto::DnsConfig::default(), CgroupDriver::Cgroupfs)
+        };
+        let host = cfg("metadata: {name: a}\nspec: {hostNetwork: true, containers: [{name: c}]}");
+        let ns = host.linux.and_then(|l| l.security_context).and_then(|s| s.namespace_options).unwrap_or_default();
+        assert_eq!((host.hostname.as_str(), ns.network), ("", proto::NamespaceMode::Node as i32));
+        assert_eq!(cfg("metadata: {name: a}\nspec: {containers: [{name: c}]}").hostname, "a");
+        assert_eq!(cfg("metadata: {name: a}\nspec: {hostname: web-0, containers: [{name: c}]}").hostname, "web-0");
     }
 
     #[test]
