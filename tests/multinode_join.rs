@@ -37,7 +37,7 @@ fn agent_command(b: &Box, dir: &str, name: &str, port: u16, token: Option<&str>)
         .args(["--node-name", name, "--node-ip", &b.node_ip, "--kubelet-arg", &format!("port={port}")])
         .args(node::HOST_INDEPENDENT_EVICTION)
         .env_remove("SKIFF_TOKEN")
-        .env("SKIFF_LOG", "info")
+        .env("SKIFF_LOG", "info,skiff::agent=debug")
         .stdin(Stdio::null());
     if let Some(t) = token {
         cmd.args(["--token", t]);
@@ -482,4 +482,189 @@ fn a_wrong_ca_hash_stops_the_agent_before_it_sends_the_secret() {
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     let heard = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
     assert!(heard.contains(secret), "the token goes out after the pin matched: {heard}");
+}
+
+/// kubectl as the node whose `kubelet.kubeconfig` is `kubeconfig`; (exit code, stdout, stderr).
+fn as_node(b: &Box, kubeconfig: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["--kubeconfig", kubeconfig.to_str().expect("utf8")];
+    all.extend_from_slice(args);
+    b.kubectl_with(&[], &all, None)
+}
+
+#[test]
+fn a_node_reaches_only_what_its_own_pods_use() {
+    require_node!();
+    let b = Box::start_with("nodeauth", &["--disable-agent"]);
+    let token = server_token(&b);
+    for dir in ["a1", "a2"] {
+        let images = b.data_dir().join("agents").join(dir).join("agent").join("images");
+        std::fs::create_dir_all(&images).expect("images dir");
+        std::fs::write(images.join("busybox.tar"), images::oci_archive("docker.io/library/busybox:latest"))
+            .expect("image archive");
+    }
+    let a1 = Agent::start(&b, "a1", "a1", 20261, Some(&token));
+    let a2 = Agent::start(&b, "a2", "a2", 20262, Some(&token));
+    wait_until("a1 to be Ready", Duration::from_secs(60), || node_ready(&b, "a1"), || a1.log());
+    wait_until("a2 to be Ready", Duration::from_secs(60), || node_ready(&b, "a2"), || a2.log());
+    wait_until(
+        "a1's Lease",
+        Duration::from_secs(20),
+        || b.kubectl(&["get", "lease", "-n", "kube-node-lease", "a1"]).status.success(),
+        || a1.log(),
+    );
+
+    // Four replicas spread over both agents; each reads a Secret (env) and a ConfigMap
+    // (volume) through its node's credentials, which is all those credentials can read.
+    b.ok(&["create", "secret", "generic", "app-secret", "--from-literal=password=s3cret"]);
+    b.ok(&["create", "secret", "generic", "unrelated", "--from-literal=x=y"]);
+    b.ok(&["create", "configmap", "app-config", "--from-literal=mode=edge"]);
+    b.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: app}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: app}}
+  template:
+    metadata: {labels: {app: app}}
+    spec:
+      hostNetwork: true
+      terminationGracePeriodSeconds: 1
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: app}}}
+      containers:
+      - name: app
+        image: busybox
+        imagePullPolicy: Never
+        command: [sh, -c, 'test "$PASSWORD" = s3cret && test "$(cat /config/mode)" = edge && sleep 3600']
+        env:
+        - name: PASSWORD
+          valueFrom: {secretKeyRef: {name: app-secret, key: password}}
+        volumeMounts: [{name: config, mountPath: /config}]
+      volumes:
+      - {name: config, configMap: {name: app-config}}
+"#,
+    );
+    let running_on = |b: &Box| -> Vec<(String, String)> {
+        let pods = b.json(&["get", "pods", "-l", "app=app"]);
+        let mut out: Vec<(String, String)> = pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                p["status"]["containerStatuses"][0]["ready"] == true && p["metadata"]["deletionTimestamp"].is_null()
+            })
+            .map(|p| {
+                (
+                    p["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
+                    p["metadata"]["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    wait_until(
+        "four app pods ready on both agents",
+        Duration::from_secs(90),
+        || running_on(&b).len() == 4,
+        || {
+            format!(
+                "{}\n{}\n{}\n{}",
+                b.ok(&["get", "pods", "-o", "wide"]),
+                b.ok(&["get", "events"]),
+                a1.log(),
+                a2.log()
+            )
+        },
+    );
+    let pods = running_on(&b);
+    let on = |node: &str| pods.iter().filter(|(n, _)| n == node).map(|(_, p)| p.clone()).collect::<Vec<_>>();
+    let (mine, theirs) = (on("a1"), on("a2"));
+    assert_eq!((mine.len(), theirs.len()), (2, 2), "{pods:?}");
+
+    let kc = b.data_dir().join("agents").join("a1").join("agent").join("kubelet.kubeconfig");
+    let forbidden = |args: &[&str], message: &str| {
+        let (code, out, err) = as_node(&b, &kc, args);
+        assert_eq!((code, err.trim()), (1, message), "kubectl {args:?}: {out}");
+    };
+    // What its pods use it reads; nothing else of that kind.
+    let (code, out, err) = as_node(&b, &kc, &["get", "secret", "app-secret", "-o", "jsonpath={.data.password}"]);
+    assert_eq!((code, out.as_str()), (0, "czNjcmV0"), "{err}");
+    forbidden(
+        &["get", "secret", "unrelated"],
+        "Error from server (Forbidden): secrets \"unrelated\" is forbidden: User \"system:node:a1\" cannot get resource \"secrets\" in API group \"\" in the namespace \"default\": no relationship found between node 'a1' and this object",
+    );
+    forbidden(
+        &["get", "secrets"],
+        "Error from server (Forbidden): secrets is forbidden: User \"system:node:a1\" cannot list resource \"secrets\" in API group \"\" in the namespace \"default\": No Object name found",
+    );
+    // Its own pods, listed by node; not everyone's.
+    let (code, out, err) = as_node(&b, &kc, &["get", "pods", "--field-selector", "spec.nodeName=a1", "-o", "name"]);
+    assert_eq!((code, out.lines().count()), (0, 2), "{err}");
+    forbidden(
+        &["get", "pods"],
+        "Error from server (Forbidden): pods is forbidden: User \"system:node:a1\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\": can only list/watch pods with spec.nodeName field selector",
+    );
+    // Another node: neither readable nor writable; nor may it delete that node's pods.
+    forbidden(
+        &["get", "node", "a2"],
+        "Error from server (Forbidden): nodes \"a2\" is forbidden: User \"system:node:a1\" cannot get resource \"nodes\" in API group \"\" at the cluster scope: node 'a1' cannot read 'a2', only its own Node object",
+    );
+    let mut other = b.json(&["get", "node", "a2"]);
+    other["metadata"]["labels"]["stolen"] = serde_json::json!("yes");
+    let all = ["--kubeconfig", kc.to_str().unwrap(), "replace", "-f", "-"];
+    let (code, _, err) = b.kubectl_with(&[], &all, Some(&other.to_string()));
+    assert_eq!(
+        (code, err.trim()),
+        (
+            1,
+            "Error from server (Forbidden): error when replacing \"STDIN\": nodes \"a2\" is forbidden: node \"a1\" is not allowed to modify node \"a2\""
+        )
+    );
+    forbidden(
+        &["delete", "pod", &theirs[0], "--wait=false"],
+        &format!(
+            "Error from server (Forbidden): pods \"{}\" is forbidden: node \"a1\" can only delete pods with spec.nodeName set to itself",
+            theirs[0]
+        ),
+    );
+    // Status writes go straight to `pods/<name>/status` (kubectl patch would read it first,
+    // which a node may not, exactly as upstream's kubelet credentials).
+    let with_condition = |pod: &str| {
+        let mut p = b.json(&["get", "pod", pod]);
+        p["metadata"].as_object_mut().unwrap().remove("resourceVersion");
+        p["status"]["conditions"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "example.com/Checked", "status": "True"}));
+        p.to_string()
+    };
+    let replace_status = ["--kubeconfig", kc.to_str().unwrap(), "replace", "--subresource=status", "-f", "-"];
+    let (code, _, err) = b.kubectl_with(&[], &replace_status, Some(&with_condition(&theirs[0])));
+    assert_eq!(
+        (code, err.trim()),
+        (1, format!("Error from server (Forbidden): error when replacing \"STDIN\": pods \"{}\" is forbidden: node \"a1\" can only update pod status for pods with spec.nodeName set to itself", theirs[0]).as_str())
+    );
+    // Its own node: labels of its own yes, roles no.
+    forbidden(
+        &["label", "node", "a1", "node-role.kubernetes.io/worker="],
+        "Error from server (Forbidden): nodes \"a1\" is forbidden: is not allowed to modify labels: node-role.kubernetes.io/worker",
+    );
+    let (code, _, err) = as_node(&b, &kc, &["label", "node", "a1", "example.com/rack=3"]);
+    assert_eq!(code, 0, "{err}");
+    // Its own pod's status it writes.
+    let (code, out, err) = b.kubectl_with(&[], &replace_status, Some(&with_condition(&mine[0])));
+    assert_eq!((code, out.trim()), (0, format!("pod/{} replaced", mine[0]).as_str()), "{err}");
+    // Nothing it was refused happened.
+    assert!(b.ok(&["get", "pods", "-l", "app=app", "-o", "name"]).contains(&theirs[0]));
+    assert!(!b.ok(&["get", "node", "a2", "--show-labels"]).contains("stolen"));
+    assert!(!b.ok(&["get", "node", "a1", "--show-labels"]).contains("node-role.kubernetes.io/worker"));
+    assert_eq!(running_on(&b).len(), 4, "the agents still run their pods");
+    // Running them, the agents were refused nothing.
+    for log in [a1.log(), a2.log()] {
+        let refused: Vec<&str> = log.lines().filter(|l| l.contains(" is forbidden")).collect();
+        assert!(refused.is_empty(), "{refused:#?}");
+    }
 }

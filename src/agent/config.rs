@@ -149,8 +149,6 @@ pub struct AgentConfig {
     /// Labels given with `--node-label` (the agent adds the well-known ones itself).
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<Taint>,
-    /// Runs beside the control plane (`node-role.kubernetes.io/control-plane`).
-    pub control_plane: bool,
     pub cluster_dns: IpAddr,
     pub cluster_domain: String,
     /// An existing CRI socket; `None` runs containerd.
@@ -184,7 +182,6 @@ pub struct NodeDefaults {
     pub node_ip: Option<IpAddr>,
     pub cluster_dns: IpAddr,
     pub cluster_domain: String,
-    pub control_plane: bool,
 }
 
 impl NodeFlags {
@@ -217,6 +214,11 @@ impl NodeFlags {
             if k.is_empty() {
                 return Err(format!("invalid value \"{l}\" for --node-label: expected KEY=VALUE"));
             }
+            if crate::api::node_labels::restricted(k) {
+                return Err(format!(
+                    "invalid value \"{l}\" for --node-label: a node may not give itself labels under node-restriction.kubernetes.io/ or kubernetes.io labels other than its own (kubelet.kubernetes.io/, node.kubernetes.io/, kubernetes.io/hostname, ...); set it with kubectl label node"
+                ));
+            }
             labels.insert(k.to_string(), v.to_string());
         }
         let taints =
@@ -232,7 +234,6 @@ impl NodeFlags {
             external_ips: self.node_external_ip.clone(),
             labels,
             taints,
-            control_plane: d.control_plane,
             cluster_dns: d.cluster_dns,
             cluster_domain: d.cluster_domain,
             runtime_endpoint,
@@ -343,7 +344,6 @@ impl AgentFlags {
             node_ip: None,
             cluster_dns: self.cluster_dns.unwrap_or_else(|| IpAddr::from([10, 43, 0, 10])),
             cluster_domain: self.cluster_domain.clone().unwrap_or_else(|| "cluster.local".into()),
-            control_plane: false,
         })
     }
 
@@ -386,7 +386,6 @@ mod tests {
             node_ip: Some(IpAddr::from([10, 0, 0, 5])),
             cluster_dns: IpAddr::from([10, 43, 0, 10]),
             cluster_domain: "cluster.local".into(),
-            control_plane: true,
         }
     }
 
@@ -435,6 +434,13 @@ mod tests {
         assert!(e.starts_with("invalid value \"Pi_1\" for --node-name"), "{e}");
         let e = NodeFlags { node_label: vec!["x".into()], ..Default::default() }.to_config(defaults()).unwrap_err();
         assert_eq!(e, "invalid value \"x\" for --node-label: expected KEY=VALUE");
+        let e = NodeFlags { node_label: vec!["node-role.kubernetes.io/worker=true".into()], ..Default::default() }
+            .to_config(defaults())
+            .unwrap_err();
+        assert!(
+            e.starts_with("invalid value \"node-role.kubernetes.io/worker=true\" for --node-label: a node may not"),
+            "{e}"
+        );
     }
 
     #[test]

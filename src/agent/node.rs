@@ -44,7 +44,9 @@ pub struct NodeFacts<'a> {
     pub runtime_version: String,
 }
 
-/// The labels the node carries: the well-known ones, then `--node-label`.
+/// The labels the node gives itself: the well-known ones, then `--node-label`. (A server's
+/// node also carries `node-role.kubernetes.io/control-plane`, which no node may set on itself;
+/// the server adds it.)
 pub fn labels(cfg: &AgentConfig, arch: &str) -> BTreeMap<String, String> {
     let mut labels: BTreeMap<String, String> = [
         ("kubernetes.io/hostname", cfg.node_name.as_str()),
@@ -56,9 +58,6 @@ pub fn labels(cfg: &AgentConfig, arch: &str) -> BTreeMap<String, String> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    if cfg.control_plane {
-        labels.insert("node-role.kubernetes.io/control-plane".into(), "true".into());
-    }
     labels.extend(cfg.labels.clone());
     labels
 }
@@ -301,7 +300,7 @@ pub async fn heartbeat(
     let mut last_posted: Option<(NodeStatus, tokio::time::Instant)> = None;
     let mut node_uid: Option<String> = None;
     loop {
-        let current = nodes.get_status(&name).await;
+        let current = nodes.get(&name).await;
         match &current {
             Ok(node) => node_uid = node.metadata.uid.clone(),
             Err(kube::Error::Api(e)) if e.code == 404 => {
@@ -405,7 +404,6 @@ mod tests {
                 node_ip: Some([10, 0, 0, 5].into()),
                 cluster_dns: [10, 43, 0, 10].into(),
                 cluster_domain: "cluster.local".into(),
-                control_plane: true,
             })
             .unwrap()
     }
@@ -424,11 +422,11 @@ mod tests {
     }
 
     #[test]
-    fn servers_carry_the_control_plane_role() {
+    fn a_node_labels_itself_with_what_it_may_set() {
         let l = labels(&cfg(), "arm64");
         assert_eq!(l["kubernetes.io/arch"], "arm64");
         assert_eq!(l["kubernetes.io/hostname"], "pi");
-        assert_eq!(l["node-role.kubernetes.io/control-plane"], "true");
+        assert!(!l.contains_key("node-role.kubernetes.io/control-plane"));
         assert_eq!(l["zone"], "a");
     }
 

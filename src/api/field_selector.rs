@@ -176,7 +176,12 @@ impl FieldSelector {
 
     /// The name every match must have (`metadata.name=x`), if the selector pins one.
     pub fn exact_name(&self) -> Option<&str> {
-        self.reqs.iter().find(|r| r.field == "metadata.name" && r.equal).map(|r| r.value.as_str())
+        self.exact("metadata.name")
+    }
+
+    /// The value every match must have in `field` (`field=value`), if the selector pins one.
+    pub fn exact(&self, field: &str) -> Option<&str> {
+        self.reqs.iter().find(|r| r.field == field && r.equal).map(|r| r.value.as_str())
     }
 
     /// Whether an object matches every requirement.
@@ -186,11 +191,6 @@ impl FieldSelector {
             let hit = vals.contains(&r.value);
             if r.equal { hit } else { !hit }
         })
-    }
-
-    /// The name an `metadata.name=` requirement pins, if any (lets a watch target one object).
-    pub fn pinned_name(&self) -> Option<&str> {
-        self.reqs.iter().find(|r| r.equal && r.field == "metadata.name").map(|r| r.value.as_str())
     }
 }
 

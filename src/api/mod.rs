@@ -13,6 +13,7 @@ pub mod duplicates;
 pub mod field_error;
 pub mod field_selector;
 pub mod meta;
+pub mod node_labels;
 pub mod patch;
 pub mod quantity;
 pub mod registry;

@@ -262,7 +262,6 @@ impl ServerConfig {
                 node_ip: Some(advertise_address),
                 cluster_dns,
                 cluster_domain: cluster_domain.clone(),
-                control_plane: true,
             })?)
         };
         Ok(ServerConfig {

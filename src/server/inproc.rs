@@ -51,3 +51,11 @@ pub fn client_in_groups(api: Arc<ApiServer>, user: &str, groups: &[&str]) -> kub
     let user = UserInfo { name: user.to_string(), groups: all, ..Default::default() };
     kube::Client::new(InProcess { api, user }, "default")
 }
+
+/// A client acting as the service account `namespace/name` (user
+/// `system:serviceaccount:<namespace>:<name>` in the service-account groups).
+pub fn service_account_client(api: Arc<ApiServer>, namespace: &str, name: &str) -> kube::Client {
+    let groups = ["system:serviceaccounts".to_string(), format!("system:serviceaccounts:{namespace}")];
+    let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+    client_in_groups(api, &format!("system:serviceaccount:{namespace}:{name}"), &groups)
+}

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod controllers;
 pub mod inproc;
+pub mod node_role;
 pub mod scheduler;
 pub mod store;
 pub mod token_cli;
@@ -112,6 +113,9 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let objects = apiserver::objects::Objects::new(store.clone(), alloc);
     // The RBAC index follows the store from here on; the writes below wait for it.
     tokio::spawn(objects.rbac.clone().run(store.clone(), shutdown.child_token()));
+    // So does the node authorizer's graph of which node's pods use what.
+    let node_graph = Arc::new(auth::node::NodeGraph::new());
+    tokio::spawn(node_graph.clone().run(store.clone(), shutdown.child_token()));
     apiserver::bootstrap::restore_allocations(&objects).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
 
     let (tls, cert_check) = crate::pki::server_tls_config(&pki).context("cannot build the TLS configuration")?;
@@ -122,7 +126,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let sa_key = Arc::new(pki.sa.clone());
     let issuer = format!("https://kubernetes.default.svc.{}", cfg.cluster_domain);
     let api = Arc::new(apiserver::ApiServer {
-        authz: Box::new(auth::rbac::RbacAuthorizer { index: objects.rbac.clone() }),
+        authz: Box::new(auth::Chain { nodes: auth::node::NodeAuthorizer::new(node_graph), rbac: objects.rbac.clone() }),
         objects,
         tokens: auth::TokenAuthenticator::new(sa_key.clone(), issuer.clone()),
         sa_signer: sa_key.clone(),
@@ -226,14 +230,7 @@ fn start_components(
     let sa_api = api.clone();
     let ctx = Arc::new(controllers::Ctx {
         client: cm_client.clone(),
-        client_for: Arc::new(move |sa: &str| {
-            let ns = "kube-system";
-            inproc::client_in_groups(
-                sa_api.clone(),
-                &format!("system:serviceaccount:{ns}:{sa}"),
-                &["system:serviceaccounts", "system:serviceaccounts:kube-system"],
-            )
-        }),
+        client_for: Arc::new(move |sa: &str| inproc::service_account_client(sa_api.clone(), "kube-system", sa)),
         informers: informers.clone(),
         host: hostname.to_string(),
         cluster_cidr: cfg.cluster_cidr,
@@ -252,6 +249,8 @@ fn start_components(
 
     if let (Some(agent_cfg), Some(tls)) = (cfg.agent.clone(), kubelet_tls) {
         if nix::unistd::geteuid().is_root() {
+            let labeller = inproc::service_account_client(api.clone(), "kube-system", node_role::SERVICE_ACCOUNT);
+            tasks.push(tokio::spawn(node_role::run(labeller, agent_cfg.node_name.clone(), shutdown.clone())));
             let user = format!("system:node:{}", agent_cfg.node_name);
             let client = inproc::client_in_groups(api.clone(), &user, &[auth::NODES]);
             let cancel = shutdown.clone();

@@ -18,6 +18,7 @@ pub mod listing;
 pub mod managed_fields;
 pub mod negotiate;
 pub mod node_proxy;
+pub mod node_restriction;
 pub mod objects;
 pub mod openapi;
 pub mod openapi_routes;

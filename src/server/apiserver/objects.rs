@@ -19,10 +19,11 @@ use crate::server::store::{Datastore, KeyValue, StoreError};
 
 use super::auth::UserInfo;
 use super::auth::index::RbacIndex;
-use super::auth::rbac;
+use super::auth::{node, rbac};
 use super::codec;
 use super::ipalloc::{self, Allocators};
 use super::managed_fields;
+use super::node_restriction::{self, Op, Write};
 
 /// How unknown fields in a body are treated (`fieldValidation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -386,6 +387,25 @@ impl Objects {
         Ok(())
     }
 
+    /// NodeRestriction for a create by the node `node`; a pod must be one of its mirror pods.
+    async fn admit_node_create(
+        &self,
+        node: &str,
+        info: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        obj: &Value,
+    ) -> Result<(), ApiError> {
+        node_restriction::check(node, &Write { new: Some(obj), ..Write::of(Op::Create, info, "", ns, name) })?;
+        if info.group.is_empty() && info.plural == "pods" {
+            let nodes = registry::lookup("", "v1", "nodes").ok_or_else(|| ApiError::internal("no nodes"))?;
+            let uid = meta::uid(&self.get(nodes, "", node).await?).to_string();
+            node_restriction::admit_mirror_pod(node, obj, &uid)
+                .map_err(|m| ApiError::forbidden(info.group, info.plural, name, m))?;
+        }
+        Ok(())
+    }
+
     /// Creates an object; `obj` has been checked with `check_body`.
     pub async fn create(
         &self,
@@ -439,6 +459,9 @@ impl Objects {
             return Err(ApiError::invalid(info.group, info.kind, &name, &errors));
         }
         self.admit_rbac(info, ns, &obj, None, ctx)?;
+        if let Some(node) = node::identity(&ctx.user) {
+            self.admit_node_create(node, info, ns, &name, &obj).await?;
+        }
         self.admit_namespace(info, ns, true).await?;
         if info.group.is_empty() && info.plural == "pods" {
             self.admit_pod(&mut obj).await?;
@@ -650,6 +673,11 @@ impl Objects {
         if subresource.is_empty() {
             self.admit_rbac(info, ns, &next, Some(current), ctx)?;
         }
+        if let Some(node) = node::identity(&ctx.user) {
+            let w =
+                Write { new: Some(&next), old: Some(current), ..Write::of(Op::Update, info, subresource, ns, name) };
+            node_restriction::check(node, &w)?;
+        }
         record_managed_fields(info, &mut next, Some(current), ctx);
         Ok(next)
     }
@@ -799,6 +827,12 @@ impl Objects {
         }
         for _attempt in 0..16 {
             let (kv, current) = self.get_kv(info, ns, name).await?;
+            if let Some(node) = node::identity(&ctx.user) {
+                node_restriction::check(
+                    node,
+                    &Write { old: Some(&current), ..Write::of(Op::Delete, info, "", ns, name) },
+                )?;
+            }
             if let Some(uid) = &opts.precondition_uid
                 && uid != meta::uid(&current)
             {

@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 
+use crate::api::field_selector::FieldSelector;
+
 /// Parsed attributes of a request under `/api` or `/apis`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RequestInfo {
@@ -23,6 +25,24 @@ pub struct RequestInfo {
     pub name: String,
     /// Path segments after the subresource (e.g. proxy paths).
     pub rest: Vec<String>,
+    /// The `fieldSelector` of a list, watch or deletecollection, when it parses (a bad one is
+    /// the handler's 400, not the authorizer's business).
+    pub field_selector: Option<FieldSelector>,
+}
+
+impl RequestInfo {
+    /// The object name authorization sees: the path's, or for a list or watch the name a
+    /// `metadata.name=` field selector pins, as upstream's request info sets it (so a rule
+    /// with `resourceNames` covers watching that one object).
+    pub fn object_name(&self) -> &str {
+        if self.name.is_empty()
+            && matches!(self.verb.as_str(), "list" | "watch")
+            && let Some(n) = self.field_selector.as_ref().and_then(FieldSelector::exact_name)
+        {
+            return n;
+        }
+        &self.name
+    }
 }
 
 /// Subresources of namespaces that would otherwise look like resources inside a namespace.
@@ -104,6 +124,9 @@ pub fn request_info(method: &http::Method, path: &str, query: &Query) -> Request
     if (info.verb == "list" || info.verb == "get") && query.flag("watch") {
         info.verb = "watch".into();
     }
+    if matches!(info.verb.as_str(), "list" | "watch" | "deletecollection") {
+        info.field_selector = query.get("fieldSelector").and_then(|f| FieldSelector::parse(f).ok());
+    }
     info
 }
 
@@ -171,6 +194,20 @@ mod tests {
         assert_eq!(i.verb, "deletecollection");
         let i = info(Method::GET, "/api/v1/watch/namespaces/default/pods/p", "");
         assert_eq!((i.verb.as_str(), i.name.as_str()), ("watch", "p"));
+    }
+
+    #[test]
+    fn a_field_selector_names_the_object_of_a_list_or_watch() {
+        let i = info(Method::GET, "/api/v1/nodes", "fieldSelector=metadata.name%3Dn1&watch=true");
+        assert_eq!((i.verb.as_str(), i.name.as_str(), i.object_name()), ("watch", "", "n1"));
+        let i = info(Method::GET, "/api/v1/pods", "fieldSelector=spec.nodeName%3Dn1");
+        assert_eq!((i.verb.as_str(), i.object_name()), ("list", ""));
+        assert_eq!(i.field_selector.as_ref().and_then(|f| f.exact("spec.nodeName")), Some("n1"));
+        // A get names its object by path; the selector of a get means nothing.
+        let i = info(Method::GET, "/api/v1/nodes/n2", "fieldSelector=metadata.name%3Dn1");
+        assert_eq!((i.object_name(), i.field_selector.is_none()), ("n2", true));
+        let i = info(Method::GET, "/api/v1/pods", "fieldSelector=nonsense");
+        assert!(i.field_selector.is_none());
     }
 
     #[test]

@@ -33,6 +33,12 @@ fn attributes(spec: &Value, namespace_override: Option<&str>) -> RequestInfo {
             subresource: s("subresource"),
             name: s("name"),
             namespace: namespace_override.map(String::from).unwrap_or_else(|| s("namespace")),
+            // `fieldSelector.rawSelector` (authorization.k8s.io/v1 since 1.31): a node may
+            // list its own pods only.
+            field_selector: r
+                .pointer("/fieldSelector/rawSelector")
+                .and_then(|v| v.as_str())
+                .and_then(|f| crate::api::field_selector::FieldSelector::parse(f).ok()),
             ..Default::default()
         }
     } else {

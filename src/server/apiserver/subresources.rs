@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use crate::api::field_error::FieldError;
 use crate::api::meta;
 use crate::api::patch;
+use crate::api::registry;
 use crate::api::selector::LabelSelector;
 use crate::api::status::{ApiError, StatusCause};
 
@@ -247,6 +248,11 @@ pub async fn evict(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
         )
     };
 
+    if let Some(node) = crate::server::auth::node::identity(c.user) {
+        use super::node_restriction::{Op, Write, check};
+        let pod = c.server.objects.get(c.info, &ns, &name).await?;
+        check(node, &Write { old: Some(&pod), ..Write::of(Op::Create, c.info, "eviction", &ns, &name) })?;
+    }
     // Pods whose eviction disrupts nothing are deleted straight away; conflicts re-read the
     // pod, unless the caller pinned a resourceVersion.
     let mut attempt = 0;
@@ -727,6 +733,14 @@ pub async fn token_request(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
         super::codec::decode_body(&c.body, super::negotiate::body_format(c.content_type.as_deref())?)?
     };
     let sa = c.server.objects.get(c.info, &c.req.namespace, &c.req.name).await?;
+    if let Some(node) = crate::server::auth::node::identity(c.user) {
+        // A node asks for tokens of its own pods only.
+        let forbidden = |m: String| ApiError::forbidden("", "serviceaccounts", &c.req.name, m);
+        let (pod_name, uid) = super::node_restriction::token_binding(&req).map_err(forbidden)?;
+        let pods = registry::lookup("", "v1", "pods").ok_or_else(|| ApiError::internal("no pods"))?;
+        let pod = c.server.objects.get(pods, &c.req.namespace, pod_name).await?;
+        super::node_restriction::admit_token_pod(node, uid, &pod).map_err(forbidden)?;
+    }
     let requested = req.pointer("/spec/expirationSeconds").and_then(|v| v.as_i64()).unwrap_or(3600);
     if requested < 600 {
         return Err(ApiError::invalid(

@@ -106,6 +106,16 @@ fn binding_object(kind: &str, d: &BindingDef) -> Value {
     })
 }
 
+/// The rules of one default ClusterRole (empty when the policy has no such role).
+pub fn cluster_role_rules(name: &str) -> Vec<PolicyRule> {
+    let Ok(p) = serde_yaml::from_str::<Policy>(POLICY) else { return Vec::new() };
+    p.cluster_roles
+        .iter()
+        .find(|r| r.name == name)
+        .map(|r| r.rules.iter().map(PolicyRule::from_json).collect())
+        .unwrap_or_default()
+}
+
 /// The default objects, by plural: clusterroles, clusterrolebindings, roles, rolebindings.
 pub fn default_objects() -> Result<Vec<(&'static str, Value)>, String> {
     let p: Policy = serde_yaml::from_str(POLICY).map_err(|e| format!("the default RBAC policy does not parse: {e}"))?;

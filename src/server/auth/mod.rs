@@ -2,13 +2,15 @@
 //!
 //! Authentication turns a verified client certificate or a bearer token into a [`UserInfo`];
 //! authorization answers allow/deny for request attributes behind the [`Authorizer`] trait,
-//! implemented by [`rbac::RbacAuthorizer`] over the in-memory [`index::RbacIndex`]. The
-//! default policy lives in [`bootstrap`], rule semantics in [`rules`]. Request handling never
-//! looks past this door; this room never reads request bodies except the RBAC objects whose
-//! writes it checks for escalation.
+//! implemented by [`Chain`]: `system:masters`, then the [`node`] authorizer for kubelets, then
+//! [`rbac`] over the in-memory [`index::RbacIndex`]. The default policy lives in [`bootstrap`],
+//! rule semantics in [`rules`]. Request handling never looks past this door; this room never
+//! reads request bodies except the RBAC objects whose writes it checks for escalation (the
+//! node graph reads stored pods and claims, never a request's).
 
 pub mod bootstrap;
 pub mod index;
+pub mod node;
 pub mod rbac;
 pub mod rules;
 
@@ -17,6 +19,7 @@ use std::sync::Arc;
 use crate::pki::{ClientIdentity, ServiceAccountKey};
 
 use super::apiserver::request::RequestInfo;
+use index::RbacIndex;
 
 /// Group every authenticated user is in.
 pub const AUTHENTICATED: &str = "system:authenticated";
@@ -111,13 +114,45 @@ pub trait Authorizer: Send + Sync {
     fn authorize(&self, user: &UserInfo, req: &RequestInfo) -> Decision;
 }
 
+/// The cluster's authorizer, upstream's `--authorization-mode=Node,RBAC` behind its
+/// privileged-group check: `system:masters` may do anything; a node is allowed what the node
+/// authorizer allows; then RBAC. When all say no, their reasons are joined by newlines, as
+/// upstream's union authorizer does.
+pub struct Chain {
+    pub nodes: node::NodeAuthorizer,
+    pub rbac: Arc<RbacIndex>,
+}
+
+impl Authorizer for Chain {
+    fn authorize(&self, user: &UserInfo, req: &RequestInfo) -> Decision {
+        if user.groups.iter().any(|g| g == MASTERS) {
+            return Decision::Allow;
+        }
+        let mut reasons = Vec::new();
+        if let Some(node) = node::identity(user) {
+            match self.nodes.authorize(user, node, req) {
+                Decision::Allow => return Decision::Allow,
+                Decision::Deny(r) => reasons.push(r),
+            }
+        }
+        match rbac::decide(&self.rbac, user, req) {
+            Decision::Allow => Decision::Allow,
+            Decision::Deny(r) => {
+                reasons.push(r);
+                reasons.retain(|r| !r.is_empty());
+                Decision::Deny(reasons.join("\n"))
+            }
+        }
+    }
+}
+
 /// Whether `user` is one of the components `skiff server` runs in-process (the scheduler, the
 /// controller manager and its controllers' service accounts).
 pub fn is_control_plane(user: &UserInfo) -> bool {
     user.name.starts_with("system:kube-") || user.name.starts_with("system:serviceaccount:kube-system:")
 }
 
-/// The group of node identities (`system:node:<name>`); see [`rbac::NODE_BLANKET_ACCESS`].
+/// The group of node identities (`system:node:<name>`); see [`node`].
 pub const NODES: &str = "system:nodes";
 
 /// Upstream's forbidden message body: `User "x" cannot list resource "pods" in API group "" in the namespace "y"`.

@@ -1,12 +1,10 @@
-//! Authorization decisions from RBAC, as the API server chains them: `system:masters` first
-//! (always allowed, as upstream's privileged-group authorizer), then the interim blanket access
-//! of nodes ([`NODE_BLANKET_ACCESS`]), then the RBAC rules of the user's bindings. Also the
-//! two things upstream's RBAC storage checks on writes of roles and bindings (no escalation,
-//! see [`confirm_no_escalation`]) and the rule listing behind SelfSubjectRulesReview.
+//! Authorization decisions from RBAC: `system:masters` first (always allowed, as upstream's
+//! privileged-group authorizer), then the RBAC rules of the user's bindings. Also the two
+//! things upstream's RBAC storage checks on writes of roles and bindings (no escalation, see
+//! [`confirm_no_escalation`]) and the rule listing behind SelfSubjectRulesReview. Nodes are
+//! asked of the node authorizer before this (see [`super::Chain`]).
 //!
 //! Rules come from [`RbacIndex`]; this module holds no state of its own.
-
-use std::sync::Arc;
 
 use serde_json::{Value, json};
 
@@ -15,28 +13,19 @@ use crate::server::apiserver::request::RequestInfo;
 
 use super::index::{RbacIndex, Visit};
 use super::rules::{self, PolicyRule};
-use super::{Authorizer, Decision, MASTERS, NODES, UserInfo};
-
-/// Members of `system:nodes` may do everything until a node authorizer narrows them to their
-/// own node's objects. This is the one arm that bypasses RBAC besides `system:masters`.
-pub const NODE_BLANKET_ACCESS: bool = true;
+use super::{Decision, MASTERS, UserInfo};
 
 /// The API group of the four RBAC kinds.
 pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
-
-/// The cluster's authorizer.
-pub struct RbacAuthorizer {
-    pub index: Arc<RbacIndex>,
-}
 
 fn in_group(user: &UserInfo, group: &str) -> bool {
     user.groups.iter().any(|g| g == group)
 }
 
-/// The decision for a request: masters, then nodes, then RBAC; a denial carries upstream's
-/// reason (`RBAC: <roles that could not be found>`, or nothing).
+/// The decision for a request: masters, then RBAC; a denial carries upstream's reason
+/// (`RBAC: <roles that could not be found>`, or nothing).
 pub fn decide(index: &RbacIndex, user: &UserInfo, req: &RequestInfo) -> Decision {
-    if in_group(user, MASTERS) || (NODE_BLANKET_ACCESS && in_group(user, NODES)) {
+    if in_group(user, MASTERS) {
         return Decision::Allow;
     }
     let mut allowed = false;
@@ -65,12 +54,6 @@ fn aggregate(errors: &[String]) -> String {
     if errors.len() == 1 { errors[0].clone() } else { format!("[{}]", errors.join(", ")) }
 }
 
-impl Authorizer for RbacAuthorizer {
-    fn authorize(&self, user: &UserInfo, req: &RequestInfo) -> Decision {
-        decide(&self.index, user, req)
-    }
-}
-
 /// What a SelfSubjectRulesReview reports for `user` in `namespace`: `status` with
 /// `resourceRules`, `nonResourceRules`, `incomplete` and, when roles were missing,
 /// `evaluationError`.
@@ -83,7 +66,7 @@ pub fn rules_review(index: &RbacIndex, user: &UserInfo, namespace: &str) -> Valu
         resource_rules.push(json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}));
         non_resource_rules.push(json!({"verbs": ["*"], "nonResourceURLs": ["*"]}));
     }
-    if NODE_BLANKET_ACCESS && in_group(user, NODES) {
+    if super::node::identity(user).is_some() {
         // As upstream's node authorizer: a node's permissions are not enumerable.
         incomplete = true;
         errors.push("node authorizer does not support user rule resolution".to_string());
@@ -264,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn masters_nodes_and_rbac() {
+    fn masters_and_rbac() {
         let idx = RbacIndex::new();
         idx.apply(
             "/rbac.authorization.k8s.io/clusterroles//pod-reader",
@@ -287,7 +270,11 @@ mod tests {
         assert_eq!(decide(&idx, &bob, &list("prod")), Decision::Deny(String::new()));
         assert_eq!(decide(&idx, &bob, &list("")), Decision::Deny(String::new()));
         assert_eq!(decide(&idx, &user("root", &[MASTERS]), &list("")), Decision::Allow);
-        assert_eq!(decide(&idx, &user("system:node:a", &[NODES]), &list("")), Decision::Allow);
+        // Nodes hold no RBAC rules of their own (the node authorizer answers for them).
+        assert_eq!(
+            decide(&idx, &user("system:node:a", &[super::super::NODES]), &list("")),
+            Decision::Deny(String::new())
+        );
         idx.apply(
             "/rbac.authorization.k8s.io/rolebindings/prod/gone",
             Some(&json!({"metadata": {"name": "gone", "namespace": "prod"},

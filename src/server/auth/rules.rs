@@ -81,7 +81,7 @@ impl PolicyRule {
                         || *r == combined
                         || (!req.subresource.is_empty() && r.strip_prefix("*/") == Some(req.subresource.as_str()))
                 })
-                && (self.resource_names.is_empty() || has(&self.resource_names, &req.name))
+                && (self.resource_names.is_empty() || has(&self.resource_names, req.object_name()))
         } else {
             self.non_resource_urls.iter().any(|u| url_covers(u, &req.path))
         }
