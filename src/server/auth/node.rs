@@ -13,7 +13,8 @@
 //! them: that its pods' status is all it changes, that it keeps its taints and restricted
 //! labels, is NodeRestriction admission's job in the object layer, which sees the bodies.
 
-use std::collections::{BTreeSet, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
@@ -68,7 +69,19 @@ impl Kind {
     }
 }
 
-type Obj = (Kind, String, String);
+/// An object a pod uses, as one string: the kind's letter, then `namespace/name`.
+type Obj = Box<str>;
+
+fn obj(kind: Kind, namespace: &str, name: &str) -> Obj {
+    let letter = match kind {
+        Kind::Pod => 'p',
+        Kind::Secret => 's',
+        Kind::ConfigMap => 'c',
+        Kind::Claim => 'v',
+        Kind::ServiceAccount => 'a',
+    };
+    format!("{letter}{namespace}/{name}").into_boxed_str()
+}
 
 /// The pods-to-nodes relation the authorizer reads; cheap to share.
 #[derive(Default)]
@@ -77,12 +90,19 @@ pub struct NodeGraph {
     claims: RwLock<Claims>,
 }
 
+/// A bound pod: its node and what it uses.
+type Bound = (Arc<str>, Box<[Obj]>);
+
+/// Kept small, since it holds an entry for every bound pod of the cluster: one allocation per
+/// pod (its `namespace/name`), node names shared.
 #[derive(Default)]
 struct Pods {
-    /// (namespace, name) of every pod bound to a node → the node and what the pod uses.
-    bound: HashMap<(String, String), (String, Vec<Obj>)>,
-    /// Object → node → how many of the node's pods use it.
-    used: HashMap<Obj, HashMap<String, u32>>,
+    /// `namespace/name` of every pod bound to a node → the node and what the pod uses.
+    bound: HashMap<Box<str>, Bound>,
+    /// Object → the nodes whose pods use it, with how many of them do.
+    used: HashMap<Obj, Vec<(Arc<str>, u32)>>,
+    /// Every node name seen, shared by the entries above.
+    nodes: HashSet<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -93,38 +113,46 @@ struct Claims {
     claims_of: HashMap<String, BTreeSet<(String, String)>>,
 }
 
-/// The parts of a pod that name other objects (everything else is skipped while parsing).
+/// The parts of a pod that name other objects (everything else is skipped while parsing,
+/// and strings are borrowed from the stored bytes where they can be).
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
-struct PodRefs {
-    metadata: Named,
-    spec: Option<SpecRefs>,
+struct PodRefs<'a> {
+    #[serde(borrow)]
+    spec: Option<SpecRefs<'a>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
-struct Named {
-    name: Option<String>,
-    namespace: Option<String>,
+struct Named<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
-struct SpecRefs {
-    node_name: Option<String>,
-    service_account_name: Option<String>,
+struct SpecRefs<'a> {
+    #[serde(borrow)]
+    node_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    service_account_name: Option<Cow<'a, str>>,
     volumes: Option<Vec<Value>>,
-    containers: Option<Vec<ContainerRefs>>,
-    init_containers: Option<Vec<ContainerRefs>>,
-    ephemeral_containers: Option<Vec<ContainerRefs>>,
-    image_pull_secrets: Option<Vec<Named>>,
+    #[serde(borrow)]
+    containers: Option<Vec<ContainerRefs<'a>>>,
+    #[serde(borrow)]
+    init_containers: Option<Vec<ContainerRefs<'a>>>,
+    #[serde(borrow)]
+    ephemeral_containers: Option<Vec<ContainerRefs<'a>>>,
+    #[serde(borrow)]
+    image_pull_secrets: Option<Vec<Named<'a>>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
-struct ContainerRefs {
+struct ContainerRefs<'a> {
     env: Option<Vec<EnvRefs>>,
-    env_from: Option<Vec<EnvFromRefs>>,
+    #[serde(borrow)]
+    env_from: Option<Vec<EnvFromRefs<'a>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -135,9 +163,11 @@ struct EnvRefs {
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
-struct EnvFromRefs {
-    config_map_ref: Option<Named>,
-    secret_ref: Option<Named>,
+struct EnvFromRefs<'a> {
+    #[serde(borrow)]
+    config_map_ref: Option<Named<'a>>,
+    #[serde(borrow)]
+    secret_ref: Option<Named<'a>>,
 }
 
 /// Volume sources that name a Secret, and where: upstream's `VisitPodSecretNames`.
@@ -154,17 +184,15 @@ const SECRET_POINTERS: &[&str] = &[
     "/csi/nodePublishSecretRef/name",
 ];
 
-/// The node a pod is bound to and every object it uses; None when unbound.
-fn pod_uses(value: &[u8]) -> Option<(String, Vec<Obj>)> {
-    let pod: PodRefs = serde_json::from_slice(value).ok()?;
+/// The node the pod `ns`/`name` is bound to and every object it uses; None when unbound.
+fn pod_uses<'a>(ns: &str, name: &str, value: &'a [u8]) -> Option<(Cow<'a, str>, Vec<Obj>)> {
+    let pod: PodRefs<'a> = serde_json::from_slice(value).ok()?;
     let spec = pod.spec?;
     let node = spec.node_name.filter(|n| !n.is_empty())?;
-    let ns = pod.metadata.namespace.unwrap_or_default();
-    let name = pod.metadata.name.unwrap_or_default();
     let mut uses: Vec<Obj> = Vec::new();
     let mut add = |kind: Kind, n: Option<&str>| {
         if let Some(n) = n.filter(|n| !n.is_empty()) {
-            let o = (kind, ns.clone(), n.to_string());
+            let o = obj(kind, ns, n);
             if !uses.contains(&o) {
                 uses.push(o);
             }
@@ -202,25 +230,18 @@ fn pod_uses(value: &[u8]) -> Option<(String, Vec<Obj>)> {
             add(Kind::ConfigMap, src.pointer("/configMap/name").and_then(Value::as_str));
         }
     }
-    uses.shrink_to_fit();
     Some((node, uses))
 }
 
-/// The (namespace, name) a store key under `prefix` names.
-fn key_id(key: &str, prefix: &str) -> Option<(String, String)> {
-    let (ns, name) = key.strip_prefix(prefix)?.split_once('/')?;
-    Some((ns.to_string(), name.to_string()))
-}
-
 impl Pods {
-    fn remove(&mut self, id: &(String, String)) {
+    fn remove(&mut self, id: &str) {
         let Some((node, uses)) = self.bound.remove(id) else { return };
         for o in uses {
             if let Some(nodes) = self.used.get_mut(&o) {
-                if let Some(n) = nodes.get_mut(&node) {
-                    *n -= 1;
-                    if *n == 0 {
-                        nodes.remove(&node);
+                if let Some(i) = nodes.iter().position(|(n, _)| *n == node) {
+                    nodes[i].1 -= 1;
+                    if nodes[i].1 == 0 {
+                        nodes.swap_remove(i);
                     }
                 }
                 if nodes.is_empty() {
@@ -230,23 +251,44 @@ impl Pods {
         }
     }
 
+    fn intern(&mut self, node: &str) -> Arc<str> {
+        if let Some(n) = self.nodes.get(node) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(node);
+        self.nodes.insert(n.clone());
+        n
+    }
+
     fn put(&mut self, key: &str, value: Option<&[u8]>) {
-        let Some(id) = key_id(key, POD_PREFIX) else { return };
-        let uses = value.and_then(pod_uses);
-        if let (Some((node, new)), Some((old_node, old))) = (&uses, self.bound.get(&id))
-            && node == old_node
-            && new == old
+        let Some(id) = key.strip_prefix(POD_PREFIX) else { return };
+        let Some((ns, name)) = id.split_once('/') else { return };
+        let uses = value.and_then(|v| pod_uses(ns, name, v));
+        if let (Some((node, new)), Some((old_node, old))) = (&uses, self.bound.get(id))
+            && **node == **old_node
+            && new[..] == old[..]
         {
             return;
         }
-        self.remove(&id);
+        self.remove(id);
         if let Some((node, uses)) = uses {
+            let node = self.intern(&node);
             for o in &uses {
-                *self.used.entry(o.clone()).or_default().entry(node.clone()).or_default() += 1;
+                let nodes = self.used.entry(o.clone()).or_default();
+                match nodes.iter_mut().find(|(n, _)| *n == node) {
+                    Some((_, count)) => *count += 1,
+                    None => nodes.push((node.clone(), 1)),
+                }
             }
-            self.bound.insert(id, (node, uses));
+            self.bound.insert(id.into(), (node, uses.into_boxed_slice()));
         }
     }
+}
+
+/// The (namespace, name) a store key under `prefix` names.
+fn key_id(key: &str, prefix: &str) -> Option<(String, String)> {
+    let (ns, name) = key.strip_prefix(prefix)?.split_once('/')?;
+    Some((ns.to_string(), name.to_string()))
 }
 
 impl Claims {
@@ -336,9 +378,9 @@ impl NodeGraph {
     fn uses(&self, node: &str, kind: Kind, namespace: &str, name: &str) -> bool {
         let pods = self.pods.read().unwrap_or_else(|e| e.into_inner());
         if kind == Kind::Pod {
-            return pods.bound.get(&(namespace.to_string(), name.to_string())).is_some_and(|(n, _)| n == node);
+            return pods.bound.get(format!("{namespace}/{name}").as_str()).is_some_and(|(n, _)| **n == *node);
         }
-        pods.used.get(&(kind, namespace.to_string(), name.to_string())).is_some_and(|n| n.contains_key(node))
+        pods.used.get(&obj(kind, namespace, name)).is_some_and(|n| n.iter().any(|(n, _)| **n == *node))
     }
 
     /// Whether a claim of a pod bound to `node` is bound to the PersistentVolume.
@@ -696,7 +738,7 @@ mod tests {
         );
         a.graph.put_pod(&key, Some(&v));
         assert!(decide(&a, "n1", Method::GET, "/api/v1/persistentvolumes/pv-data", "") != Decision::Allow);
-        assert!(a.graph.pods.read().unwrap().used.values().all(|n| n.values().all(|c| *c > 0)));
+        assert!(a.graph.pods.read().unwrap().used.values().all(|n| n.iter().all(|(_, c)| *c > 0)));
     }
 
     #[test]
