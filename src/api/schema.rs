@@ -4,8 +4,8 @@
 //! kind and everything it references, in two dialects: `v2` (JSON schema draft 7, `$ref`s to
 //! `#/definitions/`, for `/openapi/v2` and for navigation) and `v3` (OpenAPI 3.0, `$ref`s to
 //! `#/components/schemas/`). The binary carries them as data, `definitions-v2.json.gz` and
-//! `definitions-v3.json.gz` (about 230 KiB together), each parsed when first needed, not as schema-building code, which was several MiB of the
-//! binary; the test `embedded_definitions_are_current` renders them again and fails when the
+//! `definitions-v3.json.gz` (about 230 KiB together), each parsed when first needed, not as
+//! schema-building code, which was several MiB of the binary; the test `embedded_definitions_are_current` renders them again and fails when the
 //! file is stale (`SKIFF_WRITE_DEFINITIONS=1 cargo test embedded_definitions` rewrites it).
 //! Strategic merge patch and managed fields use the navigation to know, for a field, which
 //! type's rules apply.

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::api::node_labels;
 use crate::api::registry::ResourceInfo;
 use crate::api::status::ApiError;
-use crate::server::auth::node::NODE_LEASE_NAMESPACE;
+use crate::server::auth::node::{self, Kind, NODE_LEASE_NAMESPACE};
 
 /// An admission operation, named as upstream's messages print it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,49 +185,25 @@ pub fn admit_mirror_pod(node: &str, pod: &Value, node_uid: &str) -> Result<(), S
         _ => return Err(format!("node {node:?} can only create pods with a single owner reference set to itself")),
     }
     let spec = pod.get("spec");
-    if spec.and_then(|s| s.get("serviceAccountName")).and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
+    let refs = spec.map(node::references).unwrap_or_default();
+    let names = |kind: Kind| refs.iter().any(|(k, _)| *k == kind);
+    if names(Kind::ServiceAccount) {
         return Err(format!("node {node:?} can not create pods that reference a service account"));
     }
-    let uses = |pointer_sets: &[&str]| {
-        list_at(spec, "/volumes").iter().any(|v| pointer_sets.iter().any(|p| v.pointer(p).is_some()))
-    };
-    let env_uses = |env_key: &str, from_key: &str| {
-        ["/containers", "/initContainers", "/ephemeralContainers"].iter().flat_map(|c| list_at(spec, c)).any(|c| {
-            list_at(Some(c), "/env").iter().any(|e| e.pointer(&format!("/valueFrom/{env_key}")).is_some())
-                || list_at(Some(c), "/envFrom").iter().any(|e| e.get(from_key).is_some())
-        })
-    };
-    let projected = |kind: &str| {
-        list_at(spec, "/volumes")
-            .iter()
-            .flat_map(|v| list_at(Some(v), "/projected/sources"))
-            .any(|s| s.get(kind).is_some_and(|x| !x.is_null()))
-    };
-    let secrets = !list_at(spec, "/imagePullSecrets").is_empty()
-        || uses(&[
-            "/secret",
-            "/azureFile",
-            "/cephfs/secretRef",
-            "/cinder/secretRef",
-            "/flexVolume/secretRef",
-            "/rbd/secretRef",
-            "/scaleIO/secretRef",
-            "/iscsi/secretRef",
-            "/storageos/secretRef",
-            "/csi/nodePublishSecretRef",
-        ])
-        || env_uses("secretKeyRef", "secretRef")
-        || projected("secret");
-    if secrets {
+    if names(Kind::Secret) {
         return Err(format!("node {node:?} can not create pods that reference secrets"));
     }
-    if uses(&["/configMap"]) || env_uses("configMapKeyRef", "configMapRef") || projected("configMap") {
+    if names(Kind::ConfigMap) {
         return Err(format!("node {node:?} can not create pods that reference configmaps"));
     }
-    if projected("clusterTrustBundle") {
+    let trust_bundles = list_at(spec, "/volumes")
+        .iter()
+        .flat_map(|v| list_at(Some(v), "/projected/sources"))
+        .any(|s| s.get("clusterTrustBundle").is_some_and(|x| !x.is_null()));
+    if trust_bundles {
         return Err(format!("node {node:?} can not create pods that reference clustertrustbundles"));
     }
-    if uses(&["/persistentVolumeClaim"]) {
+    if names(Kind::Claim) {
         return Err(format!("node {node:?} can not create pods that reference persistentvolumeclaims"));
     }
     Ok(())
@@ -464,6 +440,26 @@ mod tests {
         assert_eq!(
             with("/spec/containers", json!([{"name": "c", "envFrom": [{"secretRef": {"name": "s"}}]}])),
             "node \"n1\" can not create pods that reference secrets"
+        );
+        // A reference counts even without a name, as upstream's visitors see it.
+        assert_eq!(
+            with(
+                "/spec/containers",
+                json!([{"name": "c", "env": [{"name": "A", "valueFrom": {"secretKeyRef": {"key": "k"}}}]}])
+            ),
+            "node \"n1\" can not create pods that reference secrets"
+        );
+        let mut p = base.clone();
+        p["spec"]["imagePullSecrets"] = json!([{}]);
+        assert_eq!(
+            admit_mirror_pod("n1", &p, "u1").unwrap_err(),
+            "node \"n1\" can not create pods that reference secrets"
+        );
+        let mut p = base.clone();
+        p["spec"]["serviceAccountName"] = json!("default");
+        assert_eq!(
+            admit_mirror_pod("n1", &p, "u1").unwrap_err(),
+            "node \"n1\" can not create pods that reference a service account"
         );
         let mut p = base.clone();
         p["spec"]["volumes"] = json!([{"name": "v", "projected": {"sources": [{"configMap": {"name": "c"}}]}}]);

@@ -170,64 +170,108 @@ struct EnvFromRefs<'a> {
     secret_ref: Option<Named<'a>>,
 }
 
-/// Volume sources that name a Secret, and where: upstream's `VisitPodSecretNames`.
-const SECRET_POINTERS: &[&str] = &[
-    "/secret/secretName",
-    "/azureFile/secretName",
-    "/cephfs/secretRef/name",
-    "/cinder/secretRef/name",
-    "/flexVolume/secretRef/name",
-    "/rbd/secretRef/name",
-    "/scaleIO/secretRef/name",
-    "/iscsi/secretRef/name",
-    "/storageos/secretRef/name",
-    "/csi/nodePublishSecretRef/name",
+/// Volume sources that name a Secret: where the source is, and the key of its name
+/// (upstream's `VisitPodSecretNames`).
+const SECRET_SOURCES: &[(&str, &str)] = &[
+    ("/secret", "secretName"),
+    ("/azureFile", "secretName"),
+    ("/cephfs/secretRef", "name"),
+    ("/cinder/secretRef", "name"),
+    ("/flexVolume/secretRef", "name"),
+    ("/rbd/secretRef", "name"),
+    ("/scaleIO/secretRef", "name"),
+    ("/iscsi/secretRef", "name"),
+    ("/storageos/secretRef", "name"),
+    ("/csi/nodePublishSecretRef", "name"),
 ];
+
+/// Calls `f` with every object of its namespace a pod spec names: the Secrets and ConfigMaps
+/// upstream's `VisitPodSecretNames` and `VisitPodConfigmapNames` visit (a reference without a
+/// name as ""), its claims and its service account.
+fn visit_references(spec: &SpecRefs<'_>, f: &mut dyn FnMut(Kind, &str)) {
+    let name_at = |source: Option<&Value>, key: &str| -> Option<String> {
+        let s = source.filter(|s| !s.is_null())?;
+        Some(s.get(key).and_then(Value::as_str).unwrap_or_default().to_string())
+    };
+    if let Some(sa) = spec.service_account_name.as_deref().filter(|s| !s.is_empty()) {
+        f(Kind::ServiceAccount, sa);
+    }
+    for s in spec.image_pull_secrets.iter().flatten() {
+        f(Kind::Secret, s.name.as_deref().unwrap_or_default());
+    }
+    let containers = [&spec.containers, &spec.init_containers, &spec.ephemeral_containers];
+    for c in containers.into_iter().flatten().flatten() {
+        for e in c.env_from.iter().flatten() {
+            if let Some(r) = &e.config_map_ref {
+                f(Kind::ConfigMap, r.name.as_deref().unwrap_or_default());
+            }
+            if let Some(r) = &e.secret_ref {
+                f(Kind::Secret, r.name.as_deref().unwrap_or_default());
+            }
+        }
+        for e in c.env.iter().flatten() {
+            let from = e.value_from.as_ref();
+            if let Some(n) = name_at(from.and_then(|v| v.get("configMapKeyRef")), "name") {
+                f(Kind::ConfigMap, &n);
+            }
+            if let Some(n) = name_at(from.and_then(|v| v.get("secretKeyRef")), "name") {
+                f(Kind::Secret, &n);
+            }
+        }
+    }
+    for v in spec.volumes.iter().flatten() {
+        for (source, key) in SECRET_SOURCES {
+            if let Some(n) = name_at(v.pointer(source), key) {
+                f(Kind::Secret, &n);
+            }
+        }
+        if let Some(n) = name_at(v.get("configMap"), "name") {
+            f(Kind::ConfigMap, &n);
+        }
+        if let Some(n) = name_at(v.get("persistentVolumeClaim"), "claimName") {
+            f(Kind::Claim, &n);
+        }
+        for src in v.pointer("/projected/sources").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(n) = name_at(src.get("secret"), "name") {
+                f(Kind::Secret, &n);
+            }
+            if let Some(n) = name_at(src.get("configMap"), "name") {
+                f(Kind::ConfigMap, &n);
+            }
+        }
+    }
+}
+
+/// Every object of its namespace a pod spec names (see [`visit_references`]); what
+/// NodeRestriction keeps out of the mirror pods a node creates.
+pub fn references(spec: &Value) -> Vec<(Kind, String)> {
+    let mut out = Vec::new();
+    if let Ok(spec) = SpecRefs::deserialize(spec) {
+        visit_references(&spec, &mut |kind, name| out.push((kind, name.to_string())));
+    }
+    out
+}
 
 /// The node the pod `ns`/`name` is bound to and every object it uses; None when unbound.
 fn pod_uses<'a>(ns: &str, name: &str, value: &'a [u8]) -> Option<(Cow<'a, str>, Vec<Obj>)> {
     let pod: PodRefs<'a> = serde_json::from_slice(value).ok()?;
-    let spec = pod.spec?;
-    let node = spec.node_name.filter(|n| !n.is_empty())?;
+    let mut spec = pod.spec?;
+    let node = spec.node_name.take().filter(|n| !n.is_empty())?;
     let mut uses: Vec<Obj> = Vec::new();
-    let mut add = |kind: Kind, n: Option<&str>| {
-        if let Some(n) = n.filter(|n| !n.is_empty()) {
+    let mut add = |kind: Kind, n: &str| {
+        if !n.is_empty() {
             let o = obj(kind, ns, n);
             if !uses.contains(&o) {
                 uses.push(o);
             }
         }
     };
-    add(Kind::ServiceAccount, spec.service_account_name.as_deref());
-    for s in spec.image_pull_secrets.iter().flatten() {
-        add(Kind::Secret, s.name.as_deref());
-    }
-    let containers = [&spec.containers, &spec.init_containers, &spec.ephemeral_containers];
-    for c in containers.into_iter().flatten().flatten() {
-        for e in c.env_from.iter().flatten() {
-            add(Kind::ConfigMap, e.config_map_ref.as_ref().and_then(|r| r.name.as_deref()));
-            add(Kind::Secret, e.secret_ref.as_ref().and_then(|r| r.name.as_deref()));
-        }
-        for e in c.env.iter().flatten() {
-            let from = e.value_from.as_ref();
-            add(Kind::ConfigMap, from.and_then(|f| f.pointer("/configMapKeyRef/name")).and_then(Value::as_str));
-            add(Kind::Secret, from.and_then(|f| f.pointer("/secretKeyRef/name")).and_then(Value::as_str));
-        }
-    }
+    visit_references(&spec, &mut add);
     for v in spec.volumes.iter().flatten() {
-        for p in SECRET_POINTERS {
-            add(Kind::Secret, v.pointer(p).and_then(Value::as_str));
-        }
-        add(Kind::ConfigMap, v.pointer("/configMap/name").and_then(Value::as_str));
-        add(Kind::Claim, v.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str));
         if v.get("ephemeral").is_some_and(|e| !e.is_null()) {
             // A generic ephemeral volume's claim is named `<pod>-<volume>`.
             let vol = v.get("name").and_then(Value::as_str).unwrap_or_default();
-            add(Kind::Claim, Some(&format!("{name}-{vol}")));
-        }
-        for src in v.pointer("/projected/sources").and_then(Value::as_array).into_iter().flatten() {
-            add(Kind::Secret, src.pointer("/secret/name").and_then(Value::as_str));
-            add(Kind::ConfigMap, src.pointer("/configMap/name").and_then(Value::as_str));
+            add(Kind::Claim, &format!("{name}-{vol}"));
         }
     }
     Some((node, uses))
@@ -259,7 +303,20 @@ impl Pods {
         self.nodes.insert(n.clone());
         n
     }
+}
 
+/// The (namespace, name) a store key under `prefix` names.
+fn key_id(key: &str, prefix: &str) -> Option<(String, String)> {
+    let (ns, name) = key.strip_prefix(prefix)?.split_once('/')?;
+    Some((ns.to_string(), name.to_string()))
+}
+
+/// One half of the graph, kept from the objects under one store prefix.
+trait Part: Default + Send + Sync {
+    fn put(&mut self, key: &str, value: Option<&[u8]>);
+}
+
+impl Part for Pods {
     fn put(&mut self, key: &str, value: Option<&[u8]>) {
         let Some(id) = key.strip_prefix(POD_PREFIX) else { return };
         let Some((ns, name)) = id.split_once('/') else { return };
@@ -285,13 +342,7 @@ impl Pods {
     }
 }
 
-/// The (namespace, name) a store key under `prefix` names.
-fn key_id(key: &str, prefix: &str) -> Option<(String, String)> {
-    let (ns, name) = key.strip_prefix(prefix)?.split_once('/')?;
-    Some((ns.to_string(), name.to_string()))
-}
-
-impl Claims {
+impl Part for Claims {
     fn put(&mut self, key: &str, value: Option<&[u8]>) {
         let Some(id) = key_id(key, CLAIM_PREFIX) else { return };
         if let Some(old) = self.volume_of.remove(&id)
@@ -313,37 +364,21 @@ impl Claims {
     }
 }
 
-struct PodFeed<'a>(&'a NodeGraph);
+/// A half of the graph as a store follower.
+struct Feed<'a, T>(&'a RwLock<T>);
 
-impl Follower for PodFeed<'_> {
+impl<T: Part> Follower for Feed<'_, T> {
     fn reset(&mut self, kvs: &[KeyValue], _revision: u64) {
-        let mut fresh = Pods::default();
+        let mut fresh = T::default();
         for kv in kvs {
             fresh.put(&kv.key, Some(&kv.value));
         }
-        *self.0.pods.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = fresh;
     }
 
     fn apply(&mut self, kv: &KeyValue, deleted: bool, _revision: u64) {
         let value = (!deleted).then_some(&kv.value[..]);
-        self.0.pods.write().unwrap_or_else(|e| e.into_inner()).put(&kv.key, value);
-    }
-}
-
-struct ClaimFeed<'a>(&'a NodeGraph);
-
-impl Follower for ClaimFeed<'_> {
-    fn reset(&mut self, kvs: &[KeyValue], _revision: u64) {
-        let mut fresh = Claims::default();
-        for kv in kvs {
-            fresh.put(&kv.key, Some(&kv.value));
-        }
-        *self.0.claims.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-    }
-
-    fn apply(&mut self, kv: &KeyValue, deleted: bool, _revision: u64) {
-        let value = (!deleted).then_some(&kv.value[..]);
-        self.0.claims.write().unwrap_or_else(|e| e.into_inner()).put(&kv.key, value);
+        self.0.write().unwrap_or_else(|e| e.into_inner()).put(&kv.key, value);
     }
 }
 
@@ -354,13 +389,9 @@ impl NodeGraph {
 
     /// Follows the store's pods and claims until `cancel`.
     pub async fn run(self: Arc<Self>, store: Arc<dyn Datastore>, cancel: CancellationToken) {
-        let pods = {
-            let (graph, store, cancel) = (self.clone(), store.clone(), cancel.clone());
-            async move { follow(store, POD_PREFIX, "pods for the node authorizer", &mut PodFeed(&graph), cancel).await }
-        };
-        let claims = async {
-            follow(store, CLAIM_PREFIX, "claims for the node authorizer", &mut ClaimFeed(&self), cancel).await
-        };
+        let (mut pods, mut claims) = (Feed(&self.pods), Feed(&self.claims));
+        let pods = follow(store.clone(), POD_PREFIX, "pods for the node authorizer", &mut pods, cancel.clone());
+        let claims = follow(store, CLAIM_PREFIX, "claims for the node authorizer", &mut claims, cancel);
         tokio::join!(pods, claims);
     }
 
