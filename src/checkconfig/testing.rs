@@ -77,7 +77,17 @@ impl Host for Fixture {
     fn find_executable(&self, name: &str) -> Option<PathBuf> {
         self.files.find_executable(name)
     }
+    /// Retries while another test thread's fork still holds a just-written script open for
+    /// writing (`ETXTBSY`): the file descriptor lives on in the child until its exec.
     fn version_output(&self, program: &Path) -> io::Result<String> {
+        for _ in 0..50 {
+            match self.files.version_output(program) {
+                Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                other => return other,
+            }
+        }
         self.files.version_output(program)
     }
     fn port_state(&self, port: u16) -> PortState {
