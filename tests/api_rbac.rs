@@ -449,3 +449,160 @@ fn can_i_list_matches_upstream() {
     assert!(!listing.contains("localsubjectaccessreviews"), "{listing}");
     assert!(!listing.contains("rolebindings"), "{listing}");
 }
+
+/// The claims of a JWT, unverified (the test reads what the server put in).
+fn jwt_part(token: &str, i: usize) -> serde_json::Value {
+    use base64::Engine;
+    let part = token.trim().split('.').nth(i).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON")
+}
+
+fn token_review(s: &Server, token: &str, audiences: &[&str]) -> serde_json::Value {
+    let review = serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+        "spec": {"token": token.trim(), "audiences": audiences},
+    });
+    let out = s.apply_stdin(
+        &["create", "--raw", "/apis/authentication.k8s.io/v1/tokenreviews", "-f", "-"],
+        &review.to_string(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("review")["status"].clone()
+}
+
+#[test]
+fn pods_get_their_account_and_bound_tokens_die_with_their_pod() {
+    let s = Server::start();
+    s.ok(&["create", "namespace", "shop"]);
+    s.ok(&["create", "serviceaccount", "robot", "-n", "shop"]);
+    // ServiceAccount admission: the account must exist; `default` is the default and is
+    // waited for while its controller creates it in a new namespace.
+    let out = s.apply_stdin(
+        &["create", "-f", "-"],
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "q", "namespace": "shop"},
+            "spec": {"serviceAccountName": "ghost", "containers": [{"name": "c", "image": "busybox"}]}}"#,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        r#"Error from server (Forbidden): error when creating "STDIN": pods "q" is forbidden: service account shop/ghost was not found, retry after the service account is created"#
+    );
+    s.ok(&["run", "plain", "-n", "shop", "--image=busybox", "--restart=Never"]);
+    let plain = s.get_json(&["pod", "plain", "-n", "shop"]);
+    assert_eq!(plain["spec"]["serviceAccountName"], "default");
+    let volume = &plain["spec"]["volumes"][0];
+    let name = volume["name"].as_str().unwrap_or("");
+    assert!(name.starts_with("kube-api-access-") && name.len() == "kube-api-access-".len() + 5, "{volume}");
+    assert_eq!(
+        volume["projected"]["sources"],
+        serde_json::json!([
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+        ])
+    );
+    assert_eq!(
+        plain["spec"]["containers"][0]["volumeMounts"],
+        serde_json::json!([{"name": name, "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}])
+    );
+    s.apply(
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "quiet", "namespace": "shop"},
+            "spec": {"automountServiceAccountToken": false, "containers": [{"name": "c", "image": "busybox"}]}}"#,
+    );
+    assert_eq!(s.get_json(&["pod", "quiet", "-n", "shop"])["spec"].get("volumes"), None);
+
+    // A token bound to a pod names the pod and stops working once the pod is gone.
+    s.apply(
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {"serviceAccountName": "robot", "containers": [{"name": "c", "image": "busybox"}]}}"#,
+    );
+    let pod_uid = s.ok(&["get", "pod", "p", "-n", "shop", "-o", "jsonpath={.metadata.uid}"]);
+    let token = s.ok(&["create", "token", "robot", "-n", "shop", "--bound-object-kind=Pod", "--bound-object-name=p"]);
+    let claims = jwt_part(&token, 1);
+    assert_eq!(claims["kubernetes.io"]["pod"], serde_json::json!({"name": "p", "uid": pod_uid}));
+    assert_eq!(claims["iss"], "https://kubernetes.default.svc.cluster.local");
+    let kc = s.token_kubeconfig("robot-p", &token);
+    let me: serde_json::Value = serde_json::from_str(&ok_as(&s, &kc, &["auth", "whoami", "-o", "json"])).unwrap();
+    let info = &me["status"]["userInfo"];
+    assert_eq!(info["username"], "system:serviceaccount:shop:robot");
+    assert_eq!(info["extra"]["authentication.kubernetes.io/pod-name"], serde_json::json!(["p"]));
+    assert_eq!(info["extra"]["authentication.kubernetes.io/pod-uid"], serde_json::json!([pod_uid]));
+    let jti = claims["jti"].as_str().expect("jti");
+    assert_eq!(info["extra"]["authentication.kubernetes.io/credential-id"], serde_json::json!([format!("JTI={jti}")]));
+    let review = token_review(&s, &token, &[]);
+    assert_eq!((&review["authenticated"], &review["user"]["username"]), (&serde_json::json!(true), &info["username"]));
+    s.ok(&["delete", "pod", "p", "-n", "shop", "--grace-period=0", "--force"]);
+    let err = fails_as(&s, &kc, &["auth", "whoami"]);
+    assert_eq!(err.trim(), "error: You must be logged in to the server (Unauthorized)");
+    let review = token_review(&s, &token, &[]);
+    assert_eq!(review["authenticated"], false);
+    assert_eq!(review["error"], "[invalid bearer token, service account token has been invalidated]");
+
+    // Binding to what cannot be bound, or to an object recreated under the same name.
+    let raw = |body: serde_json::Value| {
+        s.apply_stdin(
+            &["create", "--raw", "/api/v1/namespaces/shop/serviceaccounts/robot/token", "-f", "-"],
+            &body.to_string(),
+        )
+    };
+    s.ok(&["create", "configmap", "settings", "-n", "shop"]);
+    let bind = |kind: &str, name: &str, uid: &str| {
+        serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"boundObjectRef": {"apiVersion": "v1", "kind": kind, "name": name, "uid": uid}}})
+    };
+    let out = raw(bind("ConfigMap", "settings", ""));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot bind token to object of type /v1, Kind=ConfigMap"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.ok(&["create", "secret", "generic", "robot-key", "-n", "shop"]);
+    let out = raw(bind("Secret", "robot-key", "not-the-uid"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the UID in the bound object reference (not-the-uid) does not match the UID in record. The object might have been deleted and then recreated"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = raw(
+        serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 599}}),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("may not specify a duration less than 10 minutes"));
+
+    // Audiences: a token for another audience is no good here, but a TokenReview for that
+    // audience accepts it.
+    let vault = s.ok(&["create", "token", "robot", "-n", "shop", "--audience=vault"]);
+    let err = fails_as(&s, &s.token_kubeconfig("robot-vault", &vault), &["auth", "whoami"]);
+    assert_eq!(err.trim(), "error: You must be logged in to the server (Unauthorized)");
+    let review = token_review(&s, &vault, &["vault", "other"]);
+    assert_eq!(
+        (&review["authenticated"], &review["audiences"]),
+        (&serde_json::json!(true), &serde_json::json!(["vault"]))
+    );
+    let review = token_review(&s, &vault, &[]);
+    assert_eq!(
+        review["error"],
+        r#"[invalid bearer token, token audiences ["vault"] is invalid for the target audiences ["https://kubernetes.default.svc.cluster.local"]]"#
+    );
+    // Garbage and a forged `alg: none` token are refused with a bare 401.
+    for bad in ["garbage", &format!("eyJhbGciOiJub25lIn0.{}.", token.trim().split('.').nth(1).unwrap())] {
+        let err = fails_as(&s, &s.token_kubeconfig("bad", bad), &["get", "pods"]);
+        assert_eq!(err.trim(), "error: You must be logged in to the server (Unauthorized)", "{bad}");
+    }
+
+    // The OIDC discovery documents, readable by every service account, name the key that
+    // signs the tokens.
+    let plain_token = s.ok(&["create", "token", "robot", "-n", "shop"]);
+    let kc = s.token_kubeconfig("robot", &plain_token);
+    let config: serde_json::Value =
+        serde_json::from_str(&ok_as(&s, &kc, &["get", "--raw", "/.well-known/openid-configuration"])).unwrap();
+    assert_eq!(config["issuer"], "https://kubernetes.default.svc.cluster.local");
+    assert!(config["jwks_uri"].as_str().unwrap_or("").ends_with("/openid/v1/jwks"), "{config}");
+    assert_eq!(config["id_token_signing_alg_values_supported"], serde_json::json!(["ES256"]));
+    let jwks: serde_json::Value = serde_json::from_str(&ok_as(&s, &kc, &["get", "--raw", "/openid/v1/jwks"])).unwrap();
+    assert_eq!(jwks["keys"][0]["kid"], jwt_part(&plain_token, 0)["kid"]);
+    assert_eq!(jwks["keys"][0]["crv"], "P-256");
+    // Deleting the account ends its tokens.
+    s.ok(&["delete", "serviceaccount", "robot", "-n", "shop"]);
+    let err = fails_as(&s, &kc, &["auth", "whoami"]);
+    assert_eq!(err.trim(), "error: You must be logged in to the server (Unauthorized)");
+}

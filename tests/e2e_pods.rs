@@ -105,8 +105,42 @@ fn node_registers_ready_and_a_pod_runs_and_is_deleted_cleanly() {
     assert!(!env.contains("MY_WEB_"), "enableServiceLinks: false leaves the namespace's services out:\n{env}");
     b.ok(&["delete", "pod", "nolinks", "--grace-period=0", "--force"]);
 
+    // The projected service-account volume: the pod's own token, the cluster CA, its namespace.
+    let sa_dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let token = b.ok(&["exec", "t", "--", "cat", &format!("{sa_dir}/token")]);
+    assert_eq!(b.ok(&["exec", "t", "--", "cat", &format!("{sa_dir}/namespace")]), "default");
+    let ca = std::fs::read_to_string(b.data_dir().join("server/tls/server-ca.crt")).expect("cluster CA");
+    assert_eq!(b.ok(&["exec", "t", "--", "cat", &format!("{sa_dir}/ca.crt")]), ca);
+    // It is the one the API accepts, as the pod's account and naming the pod and its node.
+    let as_pod = |args: &[&str]| {
+        let server = format!("--server=https://{}:6443", b.node_ip);
+        let ca = format!("--certificate-authority={}", b.data_dir().join("server/tls/server-ca.crt").display());
+        let token = format!("--token={token}");
+        let mut all = vec!["--kubeconfig=/dev/null", server.as_str(), ca.as_str(), token.as_str()];
+        all.extend_from_slice(args);
+        b.exec(node::KUBECTL, &all)
+    };
+    let whoami = as_pod(&["auth", "whoami", "-o", "json"]);
+    assert!(whoami.status.success(), "{}", String::from_utf8_lossy(&whoami.stderr));
+    let me: serde_json::Value = serde_json::from_slice(&whoami.stdout).expect("whoami");
+    let info = &me["status"]["userInfo"];
+    assert_eq!(info["username"], "system:serviceaccount:default:default");
+    assert_eq!(info["extra"]["authentication.kubernetes.io/pod-name"], serde_json::json!(["t"]));
+    assert_eq!(info["extra"]["authentication.kubernetes.io/node-name"], serde_json::json!(["box"]));
+    let denied = as_pod(&["get", "pods"]);
+    assert_eq!(
+        String::from_utf8_lossy(&denied.stderr).trim(),
+        r#"Error from server (Forbidden): pods is forbidden: User "system:serviceaccount:default:default" cannot list resource "pods" in API group "" in the namespace "default""#
+    );
+
     b.ok(&["delete", "pod", "t", "--grace-period=1"]);
     assert!(b.pod("t").is_none());
+    // The pod is gone, and so is its token's validity.
+    let after = as_pod(&["auth", "whoami"]);
+    assert_eq!(
+        String::from_utf8_lossy(&after.stderr).trim(),
+        "error: You must be logged in to the server (Unauthorized)"
+    );
     b.wait_for("no container left", Duration::from_secs(20), |b| b.runtime_containers().is_empty());
     // The node did all of that with a node's credentials and was refused nothing.
     let log = b.log();

@@ -156,6 +156,7 @@ pub async fn run(
             cancel.child_token(),
         ),
         evictions: Default::default(),
+        tokens: Default::default(),
     });
     let api_cfg = kubelet_api::Config {
         listen: cfg.kubelet_listen(),

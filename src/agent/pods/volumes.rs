@@ -20,12 +20,46 @@ use super::env::field_value;
 /// Where each volume of the pod was prepared, by volume name.
 pub type Prepared = BTreeMap<String, PathBuf>;
 
+/// Service-account tokens the agent holds for its pods' projected volumes, so a resync writes
+/// the same token again until it is due for renewal, as upstream's kubelet token manager does:
+/// after 80% of its lifetime or 24 hours, whichever comes first.
+#[derive(Default)]
+pub struct TokenCache {
+    tokens: std::sync::Mutex<BTreeMap<TokenKey, Held>>,
+}
+
+/// Pod uid, account, audience, requested lifetime.
+type TokenKey = (String, String, String, i64);
+
+struct Held {
+    token: String,
+    renew_at: std::time::Instant,
+    expires_at: std::time::Instant,
+}
+
+impl TokenCache {
+    fn get(&self, key: &TokenKey) -> Option<String> {
+        let now = std::time::Instant::now();
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        // Expired tokens go, so the cache never outgrows the pods of the last hours.
+        tokens.retain(|_, h| h.expires_at > now);
+        tokens.get(key).filter(|h| h.renew_at > now).map(|h| h.token.clone())
+    }
+
+    fn put(&self, key: TokenKey, token: String, lifetime: std::time::Duration) {
+        let now = std::time::Instant::now();
+        let renew_in = (lifetime * 4 / 5).min(std::time::Duration::from_secs(24 * 3600));
+        let held = Held { token, renew_at: now + renew_in, expires_at: now + lifetime };
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(key, held);
+    }
+}
+
 /// Prepares (or refreshes) every volume of `pod` under `pod_dir`.
-pub async fn prepare(client: &Client, pod: &Pod, pod_dir: &Path) -> Result<Prepared, String> {
+pub async fn prepare(client: &Client, tokens: &TokenCache, pod: &Pod, pod_dir: &Path) -> Result<Prepared, String> {
     let mut out = Prepared::new();
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     for v in pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
-        let path = prepare_one(client, pod, ns, v, &pod_dir.join("volumes").join(&v.name))
+        let path = prepare_one(client, tokens, pod, ns, v, &pod_dir.join("volumes").join(&v.name))
             .await
             .map_err(|e| format!("MountVolume.SetUp failed for volume \"{}\" : {e}", v.name))?;
         out.insert(v.name.clone(), path);
@@ -33,7 +67,14 @@ pub async fn prepare(client: &Client, pod: &Pod, pod_dir: &Path) -> Result<Prepa
     Ok(out)
 }
 
-async fn prepare_one(client: &Client, pod: &Pod, ns: &str, v: &Volume, dir: &Path) -> Result<PathBuf, String> {
+async fn prepare_one(
+    client: &Client,
+    tokens: &TokenCache,
+    pod: &Pod,
+    ns: &str,
+    v: &Volume,
+    dir: &Path,
+) -> Result<PathBuf, String> {
     if let Some(ed) = &v.empty_dir {
         create_dir(dir)?;
         if ed.medium.as_deref() == Some("Memory") {
@@ -81,7 +122,7 @@ async fn prepare_one(client: &Client, pod: &Pod, ns: &str, v: &Volume, dir: &Pat
             if let Some(t) = &src.service_account_token {
                 let sa =
                     pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
-                let token = service_account_token(client, pod, ns, &sa, t).await?;
+                let token = service_account_token(client, tokens, pod, ns, &sa, t).await?;
                 files.push((t.path.clone(), token.into_bytes(), None));
             }
         }
@@ -274,6 +315,7 @@ fn downward_files(pod: &Pod, items: &[DownwardAPIVolumeFile]) -> Result<Vec<File
 
 async fn service_account_token(
     client: &Client,
+    tokens: &TokenCache,
     pod: &Pod,
     ns: &str,
     sa: &str,
@@ -281,11 +323,17 @@ async fn service_account_token(
 ) -> Result<String, String> {
     use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
     use k8s_openapi::api::core::v1::ServiceAccount;
+    let seconds = t.expiration_seconds.unwrap_or(3600);
+    let audience = t.audience.clone().unwrap_or_default();
+    let key = (pod.metadata.uid.clone().unwrap_or_default(), sa.to_string(), audience.clone(), seconds);
+    if let Some(token) = tokens.get(&key) {
+        return Ok(token);
+    }
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     let req = TokenRequest {
         spec: TokenRequestSpec {
-            audiences: t.audience.clone().map(|a| vec![a]).unwrap_or_default(),
-            expiration_seconds: Some(t.expiration_seconds.unwrap_or(3607)),
+            audiences: if audience.is_empty() { Vec::new() } else { vec![audience] },
+            expiration_seconds: Some(seconds),
             bound_object_ref: Some(BoundObjectReference {
                 api_version: Some("v1".into()),
                 kind: Some("Pod".into()),
@@ -296,7 +344,11 @@ async fn service_account_token(
         ..Default::default()
     };
     let resp = api.create_token_request(sa, &Default::default(), &req).await.map_err(|e| e.to_string())?;
-    resp.status.map(|s| s.token).ok_or_else(|| "the token request returned no token".into())
+    let status = resp.status.ok_or("the token request returned no token")?;
+    // The lifetime the server granted, which may be shorter than the one asked for.
+    let granted = (status.expiration_timestamp.0 - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokens.put(key, status.token.clone(), granted);
+    Ok(status.token)
 }
 
 async fn claim_path(client: &Client, ns: &str, claim: &str) -> Result<PathBuf, String> {

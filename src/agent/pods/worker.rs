@@ -62,6 +62,8 @@ pub struct Ctx {
     pub services: Arc<crate::runtime::Informer<k8s_openapi::api::core::v1::Service>>,
     /// Pods the eviction manager chose, by uid, until their worker takes them.
     pub evictions: std::sync::Mutex<HashMap<String, Killed>>,
+    /// Service-account tokens of projected volumes, until they are due for renewal.
+    pub tokens: super::volumes::TokenCache,
 }
 
 impl Ctx {
@@ -345,7 +347,7 @@ impl Worker {
         let sandbox_config = self.sandbox_config(pod, sandbox.metadata.as_ref().map(|m| m.attempt).unwrap_or(0));
         self.write_hosts(pod, &pod_ips);
         if self.volumes_at.is_none_or(|t| t.elapsed() >= RESYNC) {
-            match volumes::prepare(&self.ctx.client, pod, &self.ctx.pod_dir(&self.uid)).await {
+            match volumes::prepare(&self.ctx.client, &self.ctx.tokens, pod, &self.ctx.pod_dir(&self.uid)).await {
                 Ok(v) => {
                     self.volumes = v;
                     self.volumes_at = Some(tokio::time::Instant::now());
@@ -647,7 +649,8 @@ impl Worker {
         let ctx = self.ctx.clone();
         let pod_dir = ctx.pod_dir(&self.uid);
         let mut rt = ctx.cri.runtime();
-        let (volumes, created) = tokio::join!(volumes::prepare(&ctx.client, pod, &pod_dir), rt.run_pod_sandbox(req));
+        let (volumes, created) =
+            tokio::join!(volumes::prepare(&ctx.client, &ctx.tokens, pod, &pod_dir), rt.run_pod_sandbox(req));
         let id = match created {
             Ok(resp) => resp.into_inner().pod_sandbox_id,
             Err(e) => {

@@ -28,6 +28,7 @@ pub mod protobuf_table;
 pub mod request;
 pub mod response;
 pub mod reviews;
+pub mod serviceaccounts;
 pub mod subresources;
 pub mod tls;
 
@@ -95,10 +96,14 @@ impl ApiServer {
         if let Some(auth) = headers.get(header::AUTHORIZATION) {
             let value = auth.to_str().unwrap_or("");
             if let Some(token) = value.strip_prefix("Bearer ").map(str::trim) {
-                if let Some(u) = self.tokens.authenticate(token) {
-                    return Ok(u);
-                }
-                return self.authenticate_join_token(token).await.ok_or_else(ApiError::unauthorized);
+                return match self.bearer_user(token, &[]).await {
+                    Ok((user, _)) => Ok(user),
+                    Err(reason) => {
+                        // The client learns only that it is unauthorized, as upstream.
+                        tracing::debug!(%reason, "bearer token refused");
+                        Err(ApiError::unauthorized())
+                    }
+                };
             }
         }
         Ok(UserInfo::anonymous())
@@ -160,6 +165,9 @@ impl ApiServer {
         let trimmed = path.trim_end_matches('/');
         match trimmed {
             "/healthz" | "/livez" | "/readyz" => Ok(self.health(trimmed, query)),
+            serviceaccounts::OPENID_CONFIGURATION | serviceaccounts::JWKS => {
+                self.openid_document(trimmed).ok_or_else(ApiError::path_not_found)
+            }
             "/version" => Ok(response::json(200, &version_info())),
             "/api" => match discovery::wants_aggregated(accept) {
                 Some(v) => Ok(aggregated_response(true, v)),
@@ -313,7 +321,7 @@ impl ApiServer {
             ("binding", _) if parts.method == Method::POST => return subresources::bind(&call, &info.name).await,
             ("eviction", _) if parts.method == Method::POST => return subresources::evict(&call).await,
             ("finalize", _) if parts.method == Method::PUT => return subresources::finalize(&call).await,
-            ("token", _) if parts.method == Method::POST => return subresources::token_request(&call).await,
+            ("token", _) if parts.method == Method::POST => return serviceaccounts::token_request(&call).await,
             ("log" | "exec" | "attach" | "portforward", _) if resource.plural == "pods" => {
                 return node_proxy::pod_subresource(&call, &mut parts, &info.subresource).await;
             }
@@ -373,7 +381,7 @@ impl ApiServer {
         } else {
             codec::decode_body(&call.body, negotiate::body_format(call.content_type.as_deref())?)?
         };
-        let out = reviews::review(self, call.user, r.plural, &call.req.namespace, &body)?;
+        let out = reviews::review(self, call.user, r.plural, &call.req.namespace, &body).await?;
         Ok(response::json(201, &out))
     }
 }

@@ -24,6 +24,7 @@ use super::codec;
 use super::ipalloc::{self, Allocators};
 use super::managed_fields;
 use super::node_restriction::{self, Op, Write};
+use super::serviceaccounts;
 
 /// How unknown fields in a body are treated (`fieldValidation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -387,6 +388,47 @@ impl Objects {
         Ok(())
     }
 
+    /// Upstream's `ServiceAccount` admission of a new pod: it runs as an account that exists
+    /// (`default` unless it names one) and mounts its token (see [`serviceaccounts::mount_token`]).
+    /// A new namespace's `default` account may still be on its way from its controller: like
+    /// upstream, that one is looked for ten times over one to two seconds.
+    async fn admit_service_account(&self, ns: &str, name: &str, pod: &mut Value) -> Result<(), ApiError> {
+        let forbidden = |m: String| ApiError::forbidden("", "pods", name, m);
+        if serviceaccounts::is_mirror_pod(pod) {
+            return serviceaccounts::check_mirror_pod(pod).map_err(forbidden);
+        }
+        let account = serviceaccounts::account_of(pod);
+        let sa_info =
+            registry::lookup("", "v1", "serviceaccounts").ok_or_else(|| ApiError::internal("no serviceaccounts"))?;
+        let attempts = if account == "default" { 10 } else { 1 };
+        let mut found = None;
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    100 + u64::from(chrono::Utc::now().timestamp_subsec_nanos()) % 100,
+                ))
+                .await;
+            }
+            match self.get(sa_info, ns, &account).await {
+                Ok(sa) => {
+                    found = Some(sa);
+                    break;
+                }
+                Err(e) if e.code == 404 => {}
+                Err(e) => {
+                    return Err(forbidden(format!("error looking up service account {ns}/{account}: {}", e.message)));
+                }
+            }
+        }
+        let sa = found.ok_or_else(|| {
+            forbidden(format!(
+                "service account {ns}/{account} was not found, retry after the service account is created"
+            ))
+        })?;
+        serviceaccounts::mount_token(pod, &sa, &meta::generate_name(""));
+        Ok(())
+    }
+
     /// NodeRestriction for a create by the node `node`; a pod must be one of its mirror pods.
     async fn admit_node_create(
         &self,
@@ -464,6 +506,7 @@ impl Objects {
         }
         self.admit_namespace(info, ns, true).await?;
         if info.group.is_empty() && info.plural == "pods" {
+            self.admit_service_account(ns, &name, &mut obj).await?;
             self.admit_pod(&mut obj).await?;
         }
         record_managed_fields(info, &mut obj, None, ctx);

@@ -62,7 +62,7 @@ fn access_status(server: &ApiServer, user: &UserInfo, attrs: &RequestInfo) -> Va
 }
 
 /// Answers a review `create`; `body` is the decoded request object.
-pub fn review(
+pub async fn review(
     server: &ApiServer,
     user: &UserInfo,
     resource: &str,
@@ -115,11 +115,19 @@ pub fn review(
         }
         "tokenreviews" => {
             let token = spec.get("token").and_then(|t| t.as_str()).unwrap_or("");
-            match server.tokens.authenticate(token) {
-                Some(u) => {
-                    json!({"authenticated": true, "user": user_json(&u), "audiences": spec.get("audiences").cloned().unwrap_or(json!([]))})
+            let audiences: Vec<String> = spec
+                .get("audiences")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect();
+            match server.bearer_user(token, &audiences).await {
+                Ok((u, shared)) => json!({"authenticated": true, "user": user_json(&u), "audiences": shared}),
+                Err(reason) => {
+                    json!({"authenticated": false, "user": {}, "error": format!("[invalid bearer token, {reason}]")})
                 }
-                None => json!({"authenticated": false, "error": "invalid bearer token"}),
             }
         }
         _ => return Err(ApiError::method_not_supported("", resource, "create")),

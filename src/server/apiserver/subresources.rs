@@ -7,7 +7,6 @@ use serde_json::{Value, json};
 use crate::api::field_error::FieldError;
 use crate::api::meta;
 use crate::api::patch;
-use crate::api::registry;
 use crate::api::selector::LabelSelector;
 use crate::api::status::{ApiError, StatusCause};
 
@@ -721,69 +720,4 @@ pub async fn apply(c: &Call<'_>, ctx: &mut WriteCtx) -> Result<Response<Body>, A
             Ok(r)
         }
     }
-}
-
-/// POST `serviceaccounts/<name>/token`: a signed, time-bound token for the service account.
-pub async fn token_request(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
-    let req = if c.body.is_empty() {
-        json!({})
-    } else if c.content_type.as_deref().is_some_and(|t| t.starts_with(super::protobuf::MEDIA_TYPE)) {
-        super::protobuf::decode(&c.body, "io.k8s.api.authentication.v1.TokenRequest")?
-    } else {
-        super::codec::decode_body(&c.body, super::negotiate::body_format(c.content_type.as_deref())?)?
-    };
-    let sa = c.server.objects.get(c.info, &c.req.namespace, &c.req.name).await?;
-    if let Some(node) = crate::server::auth::node::identity(c.user) {
-        // A node asks for tokens of its own pods only.
-        let forbidden = |m: String| ApiError::forbidden("", "serviceaccounts", &c.req.name, m);
-        let (pod_name, uid) = super::node_restriction::token_binding(&req).map_err(forbidden)?;
-        let pods = registry::lookup("", "v1", "pods").ok_or_else(|| ApiError::internal("no pods"))?;
-        let pod = c.server.objects.get(pods, &c.req.namespace, pod_name).await?;
-        super::node_restriction::admit_token_pod(node, uid, &pod).map_err(forbidden)?;
-    }
-    let requested = req.pointer("/spec/expirationSeconds").and_then(|v| v.as_i64()).unwrap_or(3600);
-    if requested < 600 {
-        return Err(ApiError::invalid(
-            "authentication.k8s.io",
-            "TokenRequest",
-            &c.req.name,
-            &[FieldError::invalid(
-                "spec.expirationSeconds",
-                json!(requested),
-                "may not specify a duration less than 10 minutes",
-            )],
-        ));
-    }
-    let ttl = requested.min(48 * 3600);
-    let audiences = match req.pointer("/spec/audiences").and_then(|a| a.as_array()) {
-        Some(a) if !a.is_empty() => Value::Array(a.clone()),
-        _ => json!([c.server.sa_issuer]),
-    };
-    let now = chrono::Utc::now().timestamp();
-    let claims = json!({
-        "iss": c.server.sa_issuer,
-        "sub": format!("system:serviceaccount:{}:{}", c.req.namespace, c.req.name),
-        "aud": audiences,
-        "iat": now,
-        "nbf": now,
-        "exp": now + ttl,
-        "jti": uuid::Uuid::new_v4().to_string(),
-        "kubernetes.io": {
-            "namespace": c.req.namespace,
-            "serviceaccount": {"name": c.req.name, "uid": meta::uid(&sa)},
-        },
-    });
-    let token = c.server.sa_signer.sign(&claims).map_err(ApiError::internal)?;
-    let expires =
-        chrono::DateTime::from_timestamp(now + ttl, 0).unwrap_or_default().format("%Y-%m-%dT%H:%M:%SZ").to_string();
-    Ok(response::json(
-        201,
-        &json!({
-            "kind": "TokenRequest",
-            "apiVersion": "authentication.k8s.io/v1",
-            "metadata": {"name": c.req.name, "namespace": c.req.namespace, "creationTimestamp": null},
-            "spec": {"audiences": audiences, "expirationSeconds": ttl, "boundObjectRef": req.pointer("/spec/boundObjectRef").cloned()},
-            "status": {"token": token, "expirationTimestamp": expires},
-        }),
-    ))
 }

@@ -13,13 +13,15 @@ pub mod index;
 pub mod node;
 pub mod rbac;
 pub mod rules;
+pub mod serviceaccount;
 
 use std::sync::Arc;
 
-use crate::pki::{ClientIdentity, ServiceAccountKey};
+use crate::pki::ClientIdentity;
 
 use super::apiserver::request::RequestInfo;
 use index::RbacIndex;
+pub use serviceaccount::TokenAuthenticator;
 
 /// Group every authenticated user is in.
 pub const AUTHENTICATED: &str = "system:authenticated";
@@ -58,46 +60,6 @@ impl UserInfo {
             groups.push(AUTHENTICATED.into());
         }
         UserInfo { name: id.user, groups, ..Default::default() }
-    }
-}
-
-/// Authenticates bearer tokens.
-pub struct TokenAuthenticator {
-    sa_key: Arc<ServiceAccountKey>,
-    audience: String,
-}
-
-impl TokenAuthenticator {
-    /// Accepts tokens signed by `sa_key` whose audiences include `audience`.
-    pub fn new(sa_key: Arc<ServiceAccountKey>, audience: String) -> Self {
-        TokenAuthenticator { sa_key, audience }
-    }
-
-    /// A service-account JWT signed by this cluster for this API; None when not valid.
-    pub fn authenticate(&self, token: &str) -> Option<UserInfo> {
-        let claims = self.sa_key.verify(token).ok()?;
-        let aud_ok = match claims.get("aud") {
-            Some(serde_json::Value::String(a)) => *a == self.audience,
-            Some(serde_json::Value::Array(a)) => a.iter().any(|x| x.as_str() == Some(self.audience.as_str())),
-            _ => false,
-        };
-        if !aud_ok {
-            return None;
-        }
-        let sub = claims.get("sub")?.as_str()?;
-        let rest = sub.strip_prefix("system:serviceaccount:")?;
-        let (ns, _name) = rest.split_once(':')?;
-        let uid = claims
-            .pointer("/kubernetes.io/serviceaccount/uid")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string();
-        Some(UserInfo {
-            name: sub.to_string(),
-            uid,
-            groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}"), AUTHENTICATED.into()],
-            extra: Vec::new(),
-        })
     }
 }
 
