@@ -606,3 +606,49 @@ fn pods_get_their_account_and_bound_tokens_die_with_their_pod() {
     let err = fails_as(&s, &kc, &["auth", "whoami"]);
     assert_eq!(err.trim(), "error: You must be logged in to the server (Unauthorized)");
 }
+
+#[test]
+fn impersonation_needs_the_impersonate_verb_for_each_part() {
+    let s = Server::start();
+    // An administrator may act as anyone; the API then sees only the impersonated identity.
+    let me: serde_json::Value =
+        serde_json::from_str(&s.ok(&["auth", "whoami", "--as=bob", "--as-group=devs", "--as-uid=b-1", "-o", "json"]))
+            .unwrap();
+    assert_eq!(
+        me["status"]["userInfo"],
+        serde_json::json!({"username": "bob", "uid": "b-1", "groups": ["devs", "system:authenticated"]})
+    );
+    let err = s.fails(&["get", "pods", "--as=bob"]);
+    assert!(
+        err.contains(r#"Error from server (Forbidden): pods is forbidden: User "bob" cannot list resource "pods" in API group "" in the namespace "default""#),
+        "{err}"
+    );
+    s.ok(&["create", "namespace", "shop"]);
+    let err = s.fails(&["get", "pods", "-n", "shop", "--as=system:serviceaccount:shop:robot"]);
+    assert!(err.contains(r#"User "system:serviceaccount:shop:robot" cannot list resource "pods""#), "{err}");
+
+    // alice may impersonate bob and nobody else, and no group.
+    s.ok(&["create", "clusterrole", "as-bob", "--verb=impersonate", "--resource=users", "--resource-name=bob"]);
+    s.ok(&["create", "clusterrolebinding", "alice-as-bob", "--clusterrole=as-bob", "--user=alice"]);
+    s.ok(&["create", "rolebinding", "bob-view", "--clusterrole=view", "--user=bob", "-n", "shop"]);
+    let alice = s.user_kubeconfig("alice", &[]);
+    s.wait_for("alice to act as bob", Duration::from_secs(10), || {
+        s.kubectl_as(&alice, &["get", "pods", "-n", "shop", "--as=bob"]).status.success()
+    });
+    let err = fails_as(&s, &alice, &["get", "pods", "-n", "shop"]);
+    assert!(err.contains(r#"User "alice" cannot list resource "pods""#), "{err}");
+    let err = fails_as(&s, &alice, &["get", "pods", "-n", "shop", "--as=carol"]);
+    assert_eq!(
+        err.trim(),
+        r#"Error from server (Forbidden): users "carol" is forbidden: User "alice" cannot impersonate resource "users" in API group "" at the cluster scope"#
+    );
+    let err = fails_as(&s, &alice, &["get", "pods", "-n", "shop", "--as=bob", "--as-group=system:masters"]);
+    assert_eq!(
+        err.trim(),
+        r#"Error from server (Forbidden): groups "system:masters" is forbidden: User "alice" cannot impersonate resource "groups" in API group "" at the cluster scope"#
+    );
+    // can-i answers for the impersonated user.
+    assert_eq!(ok_as(&s, &alice, &["auth", "can-i", "list", "pods", "-n", "shop", "--as=bob"]).trim(), "yes");
+    let no = s.kubectl_as(&alice, &["auth", "can-i", "create", "pods", "-n", "shop", "--as=bob"]);
+    assert_eq!(String::from_utf8_lossy(&no.stdout).trim(), "no");
+}

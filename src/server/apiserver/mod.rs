@@ -12,6 +12,7 @@ pub mod certificates;
 pub mod codec;
 pub mod discovery;
 pub mod handlers;
+pub mod impersonation;
 pub mod ipalloc;
 pub mod join;
 pub mod listing;
@@ -130,6 +131,10 @@ impl ApiServer {
         if user.is_anonymous() && !is_public_path(&path) {
             return response::error(&ApiError::unauthorized());
         }
+        let user = match impersonation::impersonate(self.authz.as_ref(), user, &parts.headers) {
+            Ok(u) => u,
+            Err(e) => return response::error(&e),
+        };
         let info = request::request_info(&parts.method, &path, &query);
         if let Decision::Deny(reason) = self.authz.authorize(&user, &info) {
             let msg = auth::forbidden_message(&user, &info, &reason);
