@@ -42,6 +42,8 @@ enum Command {
     CheckConfig(crate::checkconfig::cli::CheckConfigFlags),
     /// Create, list and delete bootstrap tokens for joining agents.
     Token(Box<crate::server::token_cli::TokenFlags>),
+    /// Show or rotate the keys that encrypt Secrets at rest.
+    SecretsEncrypt(Box<crate::server::secrets_encryption::SecretsEncryptFlags>),
     /// Run the kubectl found on PATH with KUBECONFIG set to skiff's admin kubeconfig.
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -79,6 +81,7 @@ pub fn run() -> i32 {
         Ok(Parsed::Images(flags)) => crate::cri::images_cli::run_blocking(*flags),
         Ok(Parsed::CheckConfig(flags)) => crate::checkconfig::cli::run_blocking(flags),
         Ok(Parsed::Token(flags)) => crate::server::token_cli::run_blocking(*flags),
+        Ok(Parsed::SecretsEncrypt(flags)) => crate::server::secrets_encryption::run_blocking(*flags),
         Ok(Parsed::Man(dir)) => match write_man_pages(&dir) {
             Ok(()) => 0,
             Err(e) => {
@@ -104,6 +107,7 @@ pub enum Parsed {
     Images(Box<crate::cri::images_cli::ImagesFlags>),
     CheckConfig(crate::checkconfig::cli::CheckConfigFlags),
     Token(Box<crate::server::token_cli::TokenFlags>),
+    SecretsEncrypt(Box<crate::server::secrets_encryption::SecretsEncryptFlags>),
     /// Write the manual pages into this directory.
     Man(PathBuf),
     /// `--help` or `--version` was printed.
@@ -148,6 +152,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed, CliError> {
         Command::Images(flags) => Ok(Parsed::Images(flags)),
         Command::CheckConfig(flags) => Ok(Parsed::CheckConfig(flags)),
         Command::Token(flags) => Ok(Parsed::Token(flags)),
+        Command::SecretsEncrypt(flags) => Ok(Parsed::SecretsEncrypt(flags)),
         Command::Man { dir } => Ok(Parsed::Man(dir)),
     }
 }

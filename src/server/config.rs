@@ -79,6 +79,9 @@ pub struct ServerFlags {
     /// Do not run the scheduler
     #[arg(long, env = "SKIFF_DISABLE_SCHEDULER")]
     pub disable_scheduler: bool,
+    /// Encrypt Secrets at rest (AES-GCM, key in <data-dir>/server/cred/encryption-config.json)
+    #[arg(long, env = "SKIFF_SECRETS_ENCRYPTION")]
+    pub secrets_encryption: bool,
     /// Do not run this controller (repeatable; see ARCHITECTURE.md for the names)
     #[arg(long = "disable-controller", env = "SKIFF_DISABLE_CONTROLLER", value_name = "NAME", value_delimiter = ',')]
     pub disable_controller: Vec<String>,
@@ -125,6 +128,7 @@ pub struct ServerConfig {
     pub store_history_window: u64,
     pub store_compact_interval: std::time::Duration,
     pub disable_scheduler: bool,
+    pub secrets_encryption: bool,
     pub disable_controllers: Vec<String>,
     pub node_cidr_mask_size: u8,
     pub node_monitor_grace_period: std::time::Duration,
@@ -286,6 +290,7 @@ impl ServerConfig {
             store_history_window: f.store_history_window.unwrap_or(10_000),
             store_compact_interval: std::time::Duration::from_secs(f.store_compact_interval.unwrap_or(60)),
             disable_scheduler: f.disable_scheduler,
+            secrets_encryption: f.secrets_encryption,
             disable_controllers: f.disable_controller,
             node_cidr_mask_size,
             node_monitor_grace_period: std::time::Duration::from_secs(f.node_monitor_grace_period.unwrap_or(40)),

@@ -11,6 +11,7 @@ pub mod controllers;
 pub mod inproc;
 pub mod node_role;
 pub mod scheduler;
+pub mod secrets_encryption;
 pub mod store;
 pub mod token_cli;
 
@@ -108,6 +109,8 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let store = store::RedbStore::open(&db_path, store_opts)
         .with_context(|| format!("cannot open the datastore {}", db_path.display()))?;
     let store: Arc<dyn store::Datastore> = store;
+    let (store, secrets_encryption) =
+        secrets_encryption::wrap(store, &server_dir, cfg.secrets_encryption).map_err(|e| anyhow::anyhow!(e))?;
 
     let alloc = Arc::new(apiserver::ipalloc::Allocators::new(cfg.service_cidr, cfg.node_port_range));
     let objects = apiserver::objects::Objects::new(store.clone(), alloc);
@@ -128,9 +131,8 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let api = Arc::new(apiserver::ApiServer {
         authz: Box::new(auth::Chain { nodes: auth::node::NodeAuthorizer::new(node_graph), rbac: objects.rbac.clone() }),
         objects,
-        tokens: auth::TokenAuthenticator::new(sa_key.clone(), issuer.clone()),
-        sa_signer: sa_key.clone(),
-        sa_issuer: issuer,
+        tokens: auth::TokenAuthenticator::new(sa_key.clone(), issuer),
+        secrets_encryption,
         openapi: Default::default(),
         shutdown: shutdown.clone(),
         ready: Default::default(),

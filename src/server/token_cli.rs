@@ -62,7 +62,7 @@ pub enum TokenError {
     NotFound(String),
 }
 
-fn api_err(e: kube::Error) -> TokenError {
+pub fn api_err(e: kube::Error) -> TokenError {
     match e {
         kube::Error::Api(s) => TokenError::Api(s.message),
         other => TokenError::Api(other.to_string()),
@@ -90,15 +90,16 @@ pub fn run_blocking(flags: TokenFlags) -> i32 {
     }
 }
 
-async fn run(flags: TokenFlags) -> Result<String, TokenError> {
+/// An API client from the admin kubeconfig (`kubeconfig`, else the default path), with the
+/// kubeconfig's CA bundle exactly as it holds it (the server writes it as stored, so its hash
+/// is the one joining boxes compare with).
+pub async fn admin_client(kubeconfig: Option<PathBuf>) -> Result<(kube::Client, Option<String>), TokenError> {
     let root = nix::unistd::geteuid().is_root();
-    let path = flags.kubeconfig.unwrap_or_else(|| crate::server::config::default_kubeconfig_path(root));
+    let path = kubeconfig.unwrap_or_else(|| crate::server::config::default_kubeconfig_path(root));
     let kc_err =
         |m: &dyn std::fmt::Display| TokenError::Kubeconfig { path: path.display().to_string(), message: m.to_string() };
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path).map_err(|e| kc_err(&e))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.map_err(|e| kc_err(&e))?;
-    // The CA bundle exactly as the kubeconfig holds it (the server writes it as stored), so
-    // its hash is the one joining boxes compare with.
+    let parsed = kube::config::Kubeconfig::read_from(&path).map_err(|e| kc_err(&e))?;
+    let config = kube::Config::from_custom_kubeconfig(parsed, &Default::default()).await.map_err(|e| kc_err(&e))?;
     let ca_pem = std::fs::read_to_string(&path)
         .ok()
         .and_then(|t| serde_yaml::from_str::<serde_yaml::Value>(&t).ok())
@@ -106,6 +107,11 @@ async fn run(flags: TokenFlags) -> Result<String, TokenError> {
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
         .and_then(|b| String::from_utf8(b).ok());
     let client = kube::Client::try_from(config).map_err(|e| kc_err(&e))?;
+    Ok((client, ca_pem))
+}
+
+async fn run(flags: TokenFlags) -> Result<String, TokenError> {
+    let (client, ca_pem) = admin_client(flags.kubeconfig).await?;
     let api: Api<Secret> = Api::namespaced(client, SYSTEM_NAMESPACE);
     match flags.command {
         TokenCommand::Create { ttl, description } => {

@@ -19,7 +19,7 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     pub kubeconfig: PathBuf,
     pub port: u16,
-    extra_args: Vec<String>,
+    pub extra_args: Vec<String>,
 }
 
 fn free_port() -> u16 {

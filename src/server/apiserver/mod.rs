@@ -66,10 +66,8 @@ pub struct ApiServer {
     pub ready: AtomicBool,
     /// `host:port` clients should use, for `/api`'s serverAddressByClientCIDRs.
     pub advertise: String,
-    /// Signs service-account tokens (`serviceaccounts/<name>/token`).
-    pub sa_signer: Arc<crate::pki::ServiceAccountKey>,
-    /// Issuer of service-account tokens, `https://kubernetes.default.svc.<cluster domain>`.
-    pub sa_issuer: String,
+    /// Encryption of Secrets at rest: status and key rotation.
+    pub secrets_encryption: Arc<crate::server::secrets_encryption::SecretsEncryption>,
     /// The identity logs, exec, attach, port-forward and node proxying present to kubelets.
     pub kubelet_client: Option<Arc<node_proxy::KubeletClient>>,
     /// The cluster CA bundle as stored (`GET /cacerts`).
@@ -151,10 +149,28 @@ impl ApiServer {
         }
         let result = if info.is_resource_request {
             self.resource(parts, body, &info, &query, &user).await
+        } else if let Some(r) = self.secrets_encryption_path(&parts.method, &path).await {
+            r
         } else {
             self.non_resource(&parts, &path, &query)
         };
         result.unwrap_or_else(|e| response::error(&e))
+    }
+
+    /// `skiff secrets-encrypt`'s paths: GET the status, POST to rotate the keys.
+    async fn secrets_encryption_path(&self, method: &Method, path: &str) -> Option<Result<Response<Body>, ApiError>> {
+        use crate::server::secrets_encryption::{ROTATE_PATH, STATUS_PATH};
+        let status = match (method, path) {
+            (&Method::GET, STATUS_PATH) => {
+                self.secrets_encryption.status().await.map_err(|e| ApiError::internal(e.to_string()))
+            }
+            (&Method::POST, ROTATE_PATH) => self.secrets_encryption.rotate().await.map_err(ApiError::internal),
+            (_, STATUS_PATH | ROTATE_PATH) => {
+                return Some(Err(ApiError::method_not_supported("", path, method.as_str())));
+            }
+            _ => return None,
+        };
+        Some(status.map(|s| response::json(200, &s)))
     }
 
     fn non_resource(

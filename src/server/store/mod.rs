@@ -8,6 +8,7 @@
 //! This room stores bytes under string keys. It knows nothing about Kubernetes objects,
 //! JSON, or HTTP.
 
+pub mod encryption;
 pub mod follow;
 mod history;
 mod redb_store;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use redb_store::RedbStore;
-pub use watch_hub::Watch;
+pub use watch_hub::{EventMap, Watch};
 
 /// A global store revision.
 pub type Revision = u64;

@@ -30,11 +30,31 @@ pub struct Watch {
     rx: mpsc::Receiver<Event>,
     dropped: Arc<AtomicBool>,
     ended: bool,
+    /// Applied to every event before it is handed out (a layer over the store, such as
+    /// encryption at rest, sees its values through it).
+    map: Option<EventMap>,
 }
 
+/// A change applied to each event of a [`Watch`].
+pub type EventMap = Arc<dyn Fn(&mut Event) + Send + Sync>;
+
 impl Watch {
+    /// This watch with `f` applied to each event it yields.
+    pub fn map_events(mut self, f: EventMap) -> Watch {
+        self.map = Some(f);
+        self
+    }
+
     /// The next event; `None` after the store closed, an error if the watcher was too slow.
     pub async fn next(&mut self) -> Option<Result<Event, StoreError>> {
+        let mut event = self.next_raw().await;
+        if let (Some(Ok(e)), Some(f)) = (&mut event, &self.map) {
+            f(e);
+        }
+        event
+    }
+
+    async fn next_raw(&mut self) -> Option<Result<Event, StoreError>> {
         if let Some(e) = self.replay.pop_front() {
             return Some(Ok(e));
         }
@@ -98,7 +118,7 @@ impl Hub {
         if !self.closed {
             self.subs.push(Subscriber { prefix: prefix.to_string(), tx, dropped: dropped.clone() });
         }
-        Watch { replay, rx, dropped, ended: false }
+        Watch { replay, rx, dropped, ended: false, map: None }
     }
 
     /// Ends every watch.
