@@ -1,7 +1,8 @@
 //! Agents joining with a token (TLS bootstrap): a `skiff server --disable-agent` and real
-//! `skiff agent`s, each with its own containerd, in one network namespace the test creates
-//! (the agents reach the server on the namespace's node address; nothing leaves it). kubectl
-//! 1.32 checks what the cluster shows.
+//! `skiff agent`s, each with its own containerd. The join and node-authorization tests put the
+//! server and each agent on its own host of a LAN the test creates (`node::Lan`: network
+//! namespaces bridged together, nothing leaves them); the others run agents beside the server
+//! in its namespace. kubectl 1.32 checks what the cluster shows.
 //!
 //! The "server never saw the secret" check runs the agent against a stand-in HTTPS server on
 //! loopback that terminates TLS itself and records every request it receives, decrypted.
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 mod images;
 mod node;
 
-use node::Box;
+use node::{Box, Host, Lan};
 
 /// A `skiff agent` inside the box's namespace; SIGKILLed when dropped.
 struct Agent {
@@ -24,17 +25,17 @@ struct Agent {
     log: PathBuf,
 }
 
-fn agent_command(b: &Box, dir: &str, name: &str, port: u16, token: Option<&str>) -> Command {
+fn agent_command(b: &Box, host: &Host, dir: &str, name: &str, port: u16, token: Option<&str>) -> Command {
     let data = b.data_dir().join("agents").join(dir);
     std::fs::create_dir_all(&data).expect("agent dir");
     let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/var/run/netns/{}", b.netns))
+    cmd.arg(format!("--net=/var/run/netns/{}", host.netns))
         .arg(node::skiff_bin())
         .arg("agent")
         .args(["--server", &format!("https://{}:6443", b.node_ip)])
         .arg("--data-dir")
         .arg(&data)
-        .args(["--node-name", name, "--node-ip", &b.node_ip, "--kubelet-arg", &format!("port={port}")])
+        .args(["--node-name", name, "--node-ip", &host.ip, "--kubelet-arg", &format!("port={port}")])
         .args(node::HOST_INDEPENDENT_EVICTION)
         .env_remove("SKIFF_TOKEN")
         .env("SKIFF_LOG", "info,skiff::agent=debug")
@@ -46,10 +47,10 @@ fn agent_command(b: &Box, dir: &str, name: &str, port: u16, token: Option<&str>)
 }
 
 impl Agent {
-    fn start(b: &Box, dir: &str, name: &str, port: u16, token: Option<&str>) -> Agent {
+    fn start(b: &Box, host: &Host, dir: &str, name: &str, port: u16, token: Option<&str>) -> Agent {
         let log = b.dir.path().join(format!("agent-{dir}-{}.log", std::process::id() ^ port as u32));
         let file = std::fs::File::create(&log).expect("agent log");
-        let child = agent_command(b, dir, name, port, token)
+        let child = agent_command(b, host, dir, name, port, token)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -76,8 +77,8 @@ impl Drop for Agent {
 }
 
 /// Runs an agent that is expected to stop by itself; (exit code, stderr).
-fn agent_exits(b: &Box, dir: &str, name: &str, token: &str) -> (i32, String) {
-    let out = agent_command(b, dir, name, 20299, Some(token)).output().expect("run skiff agent");
+fn agent_exits(b: &Box, host: &Host, dir: &str, name: &str, token: &str) -> (i32, String) {
+    let out = agent_command(b, host, dir, name, 20299, Some(token)).output().expect("run skiff agent");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -110,12 +111,16 @@ fn mode(p: &Path) -> u32 {
 #[test]
 fn secure_token_joins_ready_with_approved_csrs_restarts_without_token_and_owns_its_name() {
     require_node!();
-    let b = Box::start_with("join", &["--disable-agent"]);
+    // Three hosts on a LAN of the test's own: the server, the agent, and a second box that
+    // later claims the agent's name.
+    let lan = Lan::new("join");
+    let b = Box::start_in(lan.host("srv"), &["--disable-agent"]);
+    let (w1_host, intruder_host) = (lan.host("w1"), lan.host("w1b"));
     let token = server_token(&b);
     assert!(token.starts_with("K10"), "{token}");
 
     let started = Instant::now();
-    let mut w1 = Agent::start(&b, "w1", "w1", 20251, Some(&token));
+    let mut w1 = Agent::start(&b, &w1_host, "w1", "w1", 20251, Some(&token));
     wait_until("w1 to be Ready", Duration::from_secs(60), || node_ready(&b, "w1"), || w1.log());
     eprintln!("join to Ready: {} ms", started.elapsed().as_millis());
 
@@ -166,7 +171,7 @@ fn secure_token_joins_ready_with_approved_csrs_restarts_without_token_and_owns_i
 
     // A restart reuses the node credentials: no token, no new requests.
     w1.kill();
-    let mut w1 = Agent::start(&b, "w1", "w1", 20251, None);
+    let mut w1 = Agent::start(&b, &w1_host, "w1", "w1", 20251, None);
     wait_until(
         "w1 to start again",
         Duration::from_secs(30),
@@ -180,7 +185,7 @@ fn secure_token_joins_ready_with_approved_csrs_restarts_without_token_and_owns_i
     assert_eq!(csrs(&b).len(), 2, "no new certificate requests");
 
     // Another box claiming the name is refused, and nothing is stored for it.
-    let (code, err) = agent_exits(&b, "intruder", "w1", &token);
+    let (code, err) = agent_exits(&b, &intruder_host, "intruder", "w1", &token);
     assert_eq!(code, 1, "{err}");
     assert_eq!(
         err.trim_end().lines().last().unwrap_or_default(),
@@ -216,7 +221,7 @@ fn secure_token_joins_ready_with_approved_csrs_restarts_without_token_and_owns_i
         || !b.ok(&["get", "secrets", "-n", "kube-system", "-o", "name"]).contains("w1.node-password.skiff"),
         || b.log(),
     );
-    let w1b = Agent::start(&b, "intruder", "w1", 20252, Some(&token));
+    let w1b = Agent::start(&b, &intruder_host, "intruder", "w1", 20252, Some(&token));
     wait_until("the second box to own w1", Duration::from_secs(60), || node_ready(&b, "w1"), || w1b.log());
 }
 
@@ -227,17 +232,17 @@ fn bad_tokens_are_refused_and_change_nothing() {
     let token = server_token(&b);
     let before = b.ok(&["get", "csr,secrets", "-A", "-o", "name"]);
 
-    let (code, err) = agent_exits(&b, "g1", "g1", "garbage");
+    let (code, err) = agent_exits(&b, &b.host(), "g1", "g1", "garbage");
     assert_eq!(
         (code, err.trim_end().lines().last().unwrap_or_default()),
         (1, "skiff: the server refused the join token (401 Unauthorized)"),
         "{err}"
     );
     assert!(err.contains("the server's identity was not verified"), "a token without a pin warns: {err}");
-    let (code, err) = agent_exits(&b, "g2", "g2", "K10abc::server:x");
+    let (code, err) = agent_exits(&b, &b.host(), "g2", "g2", "K10abc::server:x");
     assert_eq!((code, err.trim()), (1, "skiff: invalid token: the CA hash must be 64 hexadecimal characters"));
     let wrong = format!("K10{}::server:{}", "0".repeat(64), token.rsplit(':').next().unwrap());
-    let (code, err) = agent_exits(&b, "g3", "g3", &wrong);
+    let (code, err) = agent_exits(&b, &b.host(), "g3", "g3", &wrong);
     let ca = std::fs::read_to_string(b.data_dir().join("server").join("tls").join("server-ca.crt")).unwrap();
     assert_eq!(
         (code, err.trim()),
@@ -299,7 +304,7 @@ fn bad_tokens_are_refused_and_change_nothing() {
         list.starts_with("TOKEN") && list.contains("ttl test") && list.contains("authentication,signing"),
         "{list}"
     );
-    let t1 = Agent::start(&b, "t1", "t1", 20261, Some(&short));
+    let t1 = Agent::start(&b, &b.host(), "t1", "t1", 20261, Some(&short));
     wait_until(
         "t1 to join",
         Duration::from_secs(30),
@@ -307,7 +312,7 @@ fn bad_tokens_are_refused_and_change_nothing() {
         || t1.log(),
     );
     std::thread::sleep(Duration::from_secs(9));
-    let (code, err) = agent_exits(&b, "t2", "t2", &short);
+    let (code, err) = agent_exits(&b, &b.host(), "t2", "t2", &short);
     assert_eq!((code, err.trim()), (1, "skiff: the server refused the join token (401 Unauthorized)"));
     wait_until(
         "the expired token to be cleaned up",
@@ -325,7 +330,7 @@ fn bad_tokens_are_refused_and_change_nothing() {
         &["token", "delete", &id, "--kubeconfig", kubeconfig.to_str().unwrap()],
     );
     assert_eq!(String::from_utf8_lossy(&del.stdout), format!("bootstrap token \"{id}\" deleted\n"));
-    let (code, err) = agent_exits(&b, "t3", "t3", &long);
+    let (code, err) = agent_exits(&b, &b.host(), "t3", "t3", &long);
     assert_eq!((code, err.trim()), (1, "skiff: the server refused the join token (401 Unauthorized)"));
     let del = b.exec(
         node::skiff_bin().to_str().unwrap(),
@@ -341,7 +346,7 @@ fn certificates_are_renewed_before_they_expire() {
     require_node!();
     let b = Box::start_with("renew", &["--disable-agent", "--cluster-signing-duration", "20s"]);
     let token = server_token(&b);
-    let r1 = Agent::start(&b, "r1", "r1", 20271, Some(&token));
+    let r1 = Agent::start(&b, &b.host(), "r1", "r1", 20271, Some(&token));
     wait_until("r1 to be Ready", Duration::from_secs(60), || node_ready(&b, "r1"), || r1.log());
     // Renewed at 80% of 22 s (20 s, backdated by 2 s): a few rounds within 45 s, each through
     // a CSR of the node itself, and the node stays Ready on the new certificates.
@@ -494,7 +499,11 @@ fn as_node(b: &Box, kubeconfig: &Path, args: &[&str]) -> (i32, String, String) {
 #[test]
 fn a_node_reaches_only_what_its_own_pods_use() {
     require_node!();
-    let b = Box::start_with("nodeauth", &["--disable-agent"]);
+    // Three hosts: the server and two agents, each in its own network namespace on a LAN of
+    // the test's own.
+    let lan = Lan::new("nodeauth");
+    let b = Box::start_in(lan.host("srv"), &["--disable-agent"]);
+    let (a1_host, a2_host) = (lan.host("a1"), lan.host("a2"));
     let token = server_token(&b);
     for dir in ["a1", "a2"] {
         let images = b.data_dir().join("agents").join(dir).join("agent").join("images");
@@ -502,8 +511,8 @@ fn a_node_reaches_only_what_its_own_pods_use() {
         std::fs::write(images.join("busybox.tar"), images::oci_archive("docker.io/library/busybox:latest"))
             .expect("image archive");
     }
-    let a1 = Agent::start(&b, "a1", "a1", 20261, Some(&token));
-    let a2 = Agent::start(&b, "a2", "a2", 20262, Some(&token));
+    let a1 = Agent::start(&b, &a1_host, "a1", "a1", 20261, Some(&token));
+    let a2 = Agent::start(&b, &a2_host, "a2", "a2", 20262, Some(&token));
     wait_until("a1 to be Ready", Duration::from_secs(60), || node_ready(&b, "a1"), || a1.log());
     wait_until("a2 to be Ready", Duration::from_secs(60), || node_ready(&b, "a2"), || a2.log());
     wait_until(

@@ -62,6 +62,80 @@ pub struct Box {
     pub child: Option<Child>,
     /// Flags added to `skiff server` at every launch.
     pub extra: Vec<String>,
+    /// The namespace, deleted after the box stopped.
+    _host: Host,
+}
+
+/// A machine of a test: a network namespace and the address others reach it at. An owned one
+/// deletes its namespace when dropped.
+pub struct Host {
+    pub netns: String,
+    pub ip: String,
+    owned: bool,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = run("ip", &["netns", "del", &self.netns]);
+        }
+    }
+}
+
+/// A LAN of hosts: a namespace holding only a bridge, and per host a namespace linked to it by
+/// one veth pair, addressed `172.30.<n>.<i>/24`. No host has a default route, and the bridge's
+/// namespace has no other link: nothing the hosts send can leave the LAN.
+pub struct Lan {
+    netns: String,
+    third: u8,
+    next: std::cell::Cell<u8>,
+}
+
+impl Lan {
+    pub fn new(name: &str) -> Lan {
+        let netns: String = format!("skl-{}-{name}", std::process::id() % 100_000).chars().take(30).collect();
+        let _ = run("ip", &["netns", "del", &netns]);
+        for args in [
+            vec!["netns", "add", &netns],
+            vec!["-n", &netns, "link", "set", "lo", "up"],
+            vec!["-n", &netns, "link", "add", "br0", "type", "bridge"],
+            vec!["-n", &netns, "link", "set", "br0", "up"],
+        ] {
+            let out = run("ip", &args);
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Lan { netns, third: (std::process::id() % 200) as u8 + 20, next: std::cell::Cell::new(1) }
+    }
+
+    /// A new host on the LAN, with the next address.
+    pub fn host(&self, name: &str) -> Host {
+        let i = self.next.get();
+        self.next.set(i + 1);
+        let netns: String = format!("{}-{name}", self.netns).chars().take(40).collect();
+        let ip = format!("172.30.{}.{i}", self.third);
+        let _ = run("ip", &["netns", "del", &netns]);
+        let port = format!("p{i}");
+        let host = Host { netns: netns.clone(), ip: ip.clone(), owned: true };
+        for args in [
+            vec!["netns", "add", &netns],
+            vec!["-n", &netns, "link", "set", "lo", "up"],
+            vec!["-n", &netns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", &self.netns],
+            vec!["-n", &self.netns, "link", "set", &port, "master", "br0"],
+            vec!["-n", &self.netns, "link", "set", &port, "up"],
+            vec!["-n", &netns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+            vec!["-n", &netns, "link", "set", "eth0", "up"],
+        ] {
+            let out = run("ip", &args);
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        host
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.netns]);
+    }
 }
 
 /// The kubelet's default hard eviction includes `nodefs.available<10%`, so on a host whose disk
@@ -76,8 +150,6 @@ impl Box {
     }
 
     pub fn start_with(name: &str, extra: &[&str]) -> Box {
-        // Short paths: containerd's socket path must fit in 107 bytes.
-        let dir = tempfile::Builder::new().prefix("ske").tempdir_in("/tmp").expect("tempdir");
         let netns = format!("ske-{}-{name}", std::process::id() % 100_000);
         let netns: String = netns.chars().take(40).collect();
         let _ = run("ip", &["netns", "del", &netns]);
@@ -97,14 +169,33 @@ impl Box {
             let out = run("ip", &args);
             assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         }
+        Self::start_in(Host { netns, ip: node_ip, owned: true }, extra)
+    }
+
+    /// A box on `host` (a [`Lan`] host: other hosts of the LAN reach it at `host.ip`).
+    pub fn start_in(host: Host, extra: &[&str]) -> Box {
+        // Short paths: containerd's socket path must fit in 107 bytes.
+        let dir = tempfile::Builder::new().prefix("ske").tempdir_in("/tmp").expect("tempdir");
         let images = dir.path().join("data").join("agent").join("images");
         std::fs::create_dir_all(&images).expect("images dir");
         std::fs::write(images.join("busybox.tar"), crate::images::oci_archive("docker.io/library/busybox:latest"))
             .expect("image archive");
         std::fs::write(dir.path().join("config.yaml"), "").expect("config file");
-        let mut b = Box { netns, dir, node_ip, child: None, extra: extra.iter().map(|s| s.to_string()).collect() };
+        let mut b = Box {
+            netns: host.netns.clone(),
+            node_ip: host.ip.clone(),
+            dir,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _host: host,
+        };
         b.launch();
         b
+    }
+
+    /// The box as a host, for processes the test starts beside skiff.
+    pub fn host(&self) -> Host {
+        Host { netns: self.netns.clone(), ip: self.node_ip.clone(), owned: false }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -368,7 +459,6 @@ impl Drop for Box {
         self.sweep_processes();
         std::thread::sleep(Duration::from_millis(200));
         self.sweep_mounts();
-        let _ = run("ip", &["netns", "del", &self.netns]);
     }
 }
 
