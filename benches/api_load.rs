@@ -111,6 +111,50 @@ fn pod(name: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The create load as `system:masters` and as a user holding 1,000 RoleBindings in the
+/// namespace, 999 of which grant nothing it needs and sort before the one that does (RBAC
+/// visits bindings in name order, so this is its worst case), alternating three rounds each
+/// on a fresh server.
+fn rbac_cost(rt: &tokio::runtime::Runtime, controllers: &str) {
+    let s = Server::start_with(&["--disable-scheduler", "--disable-controller", controllers]);
+    s.ok(&["create", "namespace", "bench"]);
+    s.ok(&["create", "clusterrole", "bench-reader", "--verb=get", "--resource=pods"]);
+    s.ok(&["create", "clusterrole", "bench-writer", "--verb=create", "--resource=configmaps"]);
+    let binding = |name: &str, role: &str| {
+        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": "bench"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bench-user"}]})
+    };
+    let mut items: Vec<serde_json::Value> =
+        (0..999).map(|i| binding(&format!("reader-{i:04}"), "bench-reader")).collect();
+    items.push(binding("zz-writer", "bench-writer"));
+    let docs: Vec<String> = items.iter().map(|i| i.to_string()).collect();
+    let out = s.apply_stdin(&["create", "-f", "-"], &docs.join("\n"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let admin = Client::from_kubeconfig(&s.kubeconfig, true);
+    let user = Client::from_kubeconfig(&s.user_kubeconfig("bench-user", &[]), true);
+    let (mut masters, mut bound) = (Vec::new(), Vec::new());
+    rt.block_on(async {
+        for round in 0..6 {
+            let c = if round % 2 == 0 { &admin } else { &user };
+            let (rate, _) = load(c, 150, move |w, i| {
+                ("POST", "/api/v1/namespaces/bench/configmaps".into(), configmap(&format!("r{round}-{w}-{i}")))
+            })
+            .await;
+            if round % 2 == 0 { masters.push(rate) } else { bound.push(rate) }
+        }
+    });
+    masters.sort_by(f64::total_cmp);
+    bound.sort_by(f64::total_cmp);
+    println!(
+        "creates with RBAC: system:masters {masters:.0?}/s, a user with 1,000 RoleBindings {bound:.0?}/s; medians {:.0} vs {:.0} ({:+.1} %)",
+        masters[1],
+        bound[1],
+        (bound[1] / masters[1] - 1.0) * 100.0
+    );
+}
+
 /// The same create load against etcd (v3 JSON gateway), if `etcd` is installed.
 async fn etcd_puts(dir: &std::path::Path) -> Option<(f64, Duration, Duration)> {
     let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"].into_iter().find(|p| std::path::Path::new(p).exists())?;
@@ -195,6 +239,11 @@ fn main() {
         Server::start_with(&["--disable-scheduler", "--disable-controller", &controllers])
     };
     println!("control plane: {}", if with_control_plane { "on (scheduler and every controller)" } else { "off" });
+    // Pods run as a service account that must exist; with the controllers off, nobody else
+    // makes the default one.
+    s.apply(
+        r#"{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "default"}}"#,
+    );
     let pid = s.child.as_ref().unwrap().id();
     std::thread::sleep(Duration::from_secs(2));
     let idle_rss = rss_kib(pid);
@@ -344,6 +393,7 @@ fn main() {
     let bin = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     println!("binary: {:.1} MiB ({})", bin as f64 / 1048576.0, path.display());
     drop(s);
+    rbac_cost(&rt, &controllers);
 
     let dir = tempfile::tempdir().unwrap();
     match rt.block_on(etcd_puts(dir.path())) {

@@ -9,6 +9,7 @@
 //! upstream's order is its cache's).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -18,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 use crate::server::store::follow::{Follower, follow};
 use crate::server::store::{Datastore, KeyValue};
 
-use super::UserInfo;
 use super::rules::{PolicyRule, rules_of};
+use super::{Decision, UserInfo};
+use crate::server::apiserver::request::RequestInfo;
 
 /// Store prefix of the four RBAC kinds.
 pub const PREFIX: &str = "/rbac.authorization.k8s.io/";
@@ -204,6 +206,37 @@ pub struct RbacIndex {
     state: RwLock<State>,
     /// The store revision up to which every RBAC change has been applied.
     synced: tokio::sync::watch::Sender<u64>,
+    /// Bumped, and `decisions` emptied, by every change of `state` (under its write lock).
+    generation: AtomicU64,
+    /// Decisions already made with the current state, by [`decision_key`].
+    decisions: RwLock<HashMap<String, Decision>>,
+}
+
+/// Decisions remembered at most; the cache starts over when full.
+const DECISIONS_KEPT: usize = 8192;
+
+/// The cache key of a decision: the user, its groups and the request attributes RBAC reads;
+/// `name` only when a rule with `resourceNames` took part.
+pub fn decision_key(user: &UserInfo, req: &RequestInfo, name: Option<&str>) -> String {
+    let mut k = String::with_capacity(128);
+    for part in [user.name.as_str(), &req.verb, &req.group, &req.resource, &req.subresource, &req.namespace, &req.path]
+    {
+        k.push_str(part);
+        k.push('\0');
+    }
+    k.push(if req.is_resource_request { 'r' } else { 'n' });
+    match name {
+        Some(n) => {
+            k.push('=');
+            k.push_str(n);
+        }
+        None => k.push('*'),
+    }
+    for g in &user.groups {
+        k.push('\0');
+        k.push_str(g);
+    }
+    k
 }
 
 impl Default for RbacIndex {
@@ -214,12 +247,48 @@ impl Default for RbacIndex {
 
 impl RbacIndex {
     pub fn new() -> Self {
-        RbacIndex { state: RwLock::new(State::default()), synced: tokio::sync::watch::Sender::new(0) }
+        RbacIndex {
+            state: RwLock::new(State::default()),
+            synced: tokio::sync::watch::Sender::new(0),
+            generation: AtomicU64::new(0),
+            decisions: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Changes the state; decisions made before no longer count.
+    fn change(&self, f: impl FnOnce(&mut State)) {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        f(&mut state);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.decisions.write().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Applies one stored object (`None`: deleted) under its store key.
     pub fn apply(&self, key: &str, obj: Option<&Value>) {
-        self.state.write().unwrap_or_else(|e| e.into_inner()).apply(key, obj);
+        self.change(|s| s.apply(key, obj));
+    }
+
+    /// The state's generation, read before deciding (see [`RbacIndex::remember`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// A decision made earlier for `key` with the current state.
+    pub fn cached(&self, key: &str) -> Option<Decision> {
+        self.decisions.read().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+    }
+
+    /// Remembers a decision made with the state of `generation`, unless the state changed
+    /// since (then the decision may be stale and is dropped).
+    pub fn remember(&self, generation: u64, key: String, decision: Decision) {
+        let mut decisions = self.decisions.write().unwrap_or_else(|e| e.into_inner());
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        if decisions.len() >= DECISIONS_KEPT {
+            decisions.clear();
+        }
+        decisions.insert(key, decision);
     }
 
     fn apply_kv(&self, kv: &KeyValue, deleted: bool) {
@@ -309,7 +378,7 @@ impl Follower for Feed<'_> {
                 fresh.apply(&kv.key, Some(&v));
             }
         }
-        *self.0.state.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        self.0.change(|s| *s = fresh);
         self.0.synced.send_replace(revision);
     }
 

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::api::status::ApiError;
 use crate::server::apiserver::request::RequestInfo;
 
-use super::index::{RbacIndex, Visit};
+use super::index::{RbacIndex, Visit, decision_key};
 use super::rules::{self, PolicyRule};
 use super::{Decision, MASTERS, UserInfo};
 
@@ -23,15 +23,29 @@ fn in_group(user: &UserInfo, group: &str) -> bool {
 }
 
 /// The decision for a request: masters, then RBAC; a denial carries upstream's reason
-/// (`RBAC: <roles that could not be found>`, or nothing).
+/// (`RBAC: <roles that could not be found>`, or nothing). Decisions are remembered until the
+/// next RBAC change ([`RbacIndex::cached`]), by the request's attributes without the object
+/// name unless a rule naming objects (`resourceNames`) was looked at.
 pub fn decide(index: &RbacIndex, user: &UserInfo, req: &RequestInfo) -> Decision {
     if in_group(user, MASTERS) {
         return Decision::Allow;
     }
+    let generation = index.generation();
+    let any_name = decision_key(user, req, None);
+    if let Some(d) = index.cached(&any_name) {
+        return d;
+    }
+    let name = req.object_name();
+    let this_name = decision_key(user, req, Some(name));
+    if let Some(d) = index.cached(&this_name) {
+        return d;
+    }
     let mut allowed = false;
+    let mut names_matter = false;
     let mut errors = Vec::new();
     index.visit_rules(user, &req.namespace, &mut |v| match v {
         Visit::Rule(r) => {
+            names_matter |= !r.resource_names.is_empty();
             allowed = r.allows(req);
             !allowed
         }
@@ -40,13 +54,15 @@ pub fn decide(index: &RbacIndex, user: &UserInfo, req: &RequestInfo) -> Decision
             true
         }
     });
-    if allowed {
+    let decision = if allowed {
         Decision::Allow
     } else if errors.is_empty() {
         Decision::Deny(String::new())
     } else {
         Decision::Deny(format!("RBAC: {}", aggregate(&errors)))
-    }
+    };
+    index.remember(generation, if names_matter { this_name } else { any_name }, decision.clone());
+    decision
 }
 
 /// Upstream's aggregate error text: the one message, or `[a, b]`.
@@ -244,6 +260,54 @@ mod tests {
 
     fn user(name: &str, groups: &[&str]) -> UserInfo {
         UserInfo { name: name.into(), groups: groups.iter().map(|g| g.to_string()).collect(), ..Default::default() }
+    }
+
+    #[test]
+    fn remembered_decisions_end_with_any_rbac_change_and_keep_names_apart() {
+        let idx = RbacIndex::new();
+        let role = "/rbac.authorization.k8s.io/clusterroles//cm";
+        idx.apply(
+            role,
+            Some(&json!({"rules": [
+                {"verbs": ["get"], "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["mine"]},
+                {"verbs": ["list"], "apiGroups": [""], "resources": ["configmaps"]}]})),
+        );
+        idx.apply(
+            "/rbac.authorization.k8s.io/rolebindings/dev/b",
+            Some(&json!({"metadata": {"name": "b", "namespace": "dev"},
+                "roleRef": {"kind": "ClusterRole", "name": "cm"}, "subjects": [{"kind": "User", "name": "bob"}]})),
+        );
+        let bob = user("bob", &["system:authenticated"]);
+        let req = |verb: &str, name: &str| RequestInfo {
+            is_resource_request: true,
+            verb: verb.into(),
+            resource: "configmaps".into(),
+            namespace: "dev".into(),
+            name: name.into(),
+            ..Default::default()
+        };
+        // A decision that a rule naming objects took part in holds for that name only.
+        assert_eq!(decide(&idx, &bob, &req("get", "mine")), Decision::Allow);
+        assert_eq!(decide(&idx, &bob, &req("get", "yours")), Decision::Deny(String::new()));
+        assert_eq!(decide(&idx, &bob, &req("get", "mine")), Decision::Allow);
+        assert!(idx.cached(&decision_key(&bob, &req("get", "x"), None)).is_none());
+        // list went past the named rule too, so it is remembered per name ("" here).
+        assert_eq!(decide(&idx, &bob, &req("list", "")), Decision::Allow);
+        assert_eq!(idx.cached(&decision_key(&bob, &req("list", ""), Some(""))), Some(Decision::Allow));
+        // Any change of RBAC forgets every decision.
+        idx.apply(role, Some(&json!({"rules": [{"verbs": ["get"], "apiGroups": [""], "resources": ["configmaps"]}]})));
+        assert_eq!(decide(&idx, &bob, &req("list", "")), Decision::Deny(String::new()));
+        assert_eq!(decide(&idx, &bob, &req("get", "yours")), Decision::Allow);
+        assert_eq!(idx.cached(&decision_key(&bob, &req("get", "other"), None)), Some(Decision::Allow));
+        // A decision made with a state that changed meanwhile is not kept.
+        let generation = idx.generation();
+        idx.apply(role, None);
+        idx.remember(generation, decision_key(&bob, &req("get", "z"), None), Decision::Allow);
+        assert_eq!(idx.cached(&decision_key(&bob, &req("get", "z"), None)), None);
+        assert_eq!(
+            decide(&idx, &bob, &req("get", "yours")),
+            Decision::Deny("RBAC: clusterrole.rbac.authorization.k8s.io \"cm\" not found".into())
+        );
     }
 
     #[test]
