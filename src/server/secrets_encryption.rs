@@ -18,6 +18,7 @@ use std::sync::Arc;
 use base64::Engine;
 use serde_json::{Value, json};
 
+use crate::api::status::ApiError;
 use crate::server::store::encryption::{Encrypted, Key, Keyring};
 use crate::server::store::{Datastore, StoreError};
 
@@ -188,31 +189,33 @@ impl SecretsEncryption {
     }
 
     /// A new key, every Secret sealed again with it, the old keys and history gone.
-    pub async fn rotate(&self) -> Result<Value, String> {
+    pub async fn rotate(&self) -> Result<Value, ApiError> {
         let _one_at_a_time = self.rotation.lock().await;
-        let disabled = "secrets encryption is disabled: start the server with --secrets-encryption first";
+        let disabled = || {
+            ApiError::bad_request("secrets encryption is disabled: start the server with --secrets-encryption first")
+        };
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(disabled.into()),
-            Err(e) => return Err(format!("cannot read {}: {e}", self.path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(disabled()),
+            Err(e) => return Err(ApiError::internal(format!("cannot read {}: {e}", self.path.display()))),
         };
-        let mut file = KeyFile::parse(&text)?;
+        let mut file = KeyFile::parse(&text).map_err(ApiError::internal)?;
         if file.write_plain {
-            return Err(disabled.into());
+            return Err(disabled());
         }
-        let (name, secret) = new_key()?;
+        let (name, secret) = new_key().map_err(ApiError::internal)?;
         file.keys.insert(0, (name.clone(), secret));
-        file.save(&self.path)?;
+        file.save(&self.path).map_err(ApiError::internal)?;
         self.store.set_keyring(file.keyring());
-        let rewritten = self.reseal(&name).await.map_err(|e| e.to_string())?;
+        let rewritten = self.reseal(&name).await.map_err(ApiError::internal)?;
         file.keys.truncate(1);
-        file.save(&self.path)?;
+        file.save(&self.path).map_err(ApiError::internal)?;
         self.store.set_keyring(file.keyring());
         // Older revisions of Secrets are still sealed with the dropped keys: drop them too.
         let store = self.store.inner();
-        store.compact(store.current_revision()).await.map_err(|e| e.to_string())?;
+        store.compact(store.current_revision()).await.map_err(ApiError::internal)?;
         tracing::info!(key = %name, secrets = rewritten, "secrets encryption key rotated");
-        self.status().await.map_err(|e| e.to_string())
+        self.status().await.map_err(ApiError::internal)
     }
 
     /// Writes every Secret not sealed with `key` again (the same bytes, sealed anew).

@@ -164,7 +164,7 @@ impl ApiServer {
             (&Method::GET, STATUS_PATH) => {
                 self.secrets_encryption.status().await.map_err(|e| ApiError::internal(e.to_string()))
             }
-            (&Method::POST, ROTATE_PATH) => self.secrets_encryption.rotate().await.map_err(ApiError::internal),
+            (&Method::POST, ROTATE_PATH) => self.secrets_encryption.rotate().await,
             (_, STATUS_PATH | ROTATE_PATH) => {
                 return Some(Err(ApiError::method_not_supported("", path, method.as_str())));
             }
