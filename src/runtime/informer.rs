@@ -321,6 +321,16 @@ impl<K: Cached> Informer<K> {
         let _ = ready.wait_for(|r| *r).await;
     }
 
+    /// Waits until the first list has filled the cache (true) or `cancel` fires (false). A
+    /// component stopped before its informer synced must not wait for [`Informer::synced`],
+    /// which a stopped informer never ends.
+    pub async fn synced_or(&self, cancel: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = self.synced() => true,
+            _ = cancel.cancelled() => false,
+        }
+    }
+
     /// Whether the first list has filled the cache.
     pub fn is_synced(&self) -> bool {
         *self.ready.borrow()
@@ -424,6 +434,35 @@ mod tests {
             Change::Applied(o) | Change::Deleted(o) => o.metadata.name.as_deref().unwrap_or(""),
             Change::Resync => "(resync)",
         }
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_first_list_ends_with_the_cancellation() {
+        // A server that accepts connections and never answers: the first list never completes.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                open.push(conn);
+            }
+        });
+        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        let cancel = CancellationToken::new();
+        let informer = Informer::<ConfigMap>::spawn(Api::all(client), watcher::Config::default(), cancel.child_token());
+        let waiting = {
+            let (informer, cancel) = (informer.clone(), cancel.clone());
+            tokio::spawn(async move { informer.synced_or(&cancel).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished());
+        cancel.cancel();
+        let synced = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+        assert!(matches!(synced, Ok(Ok(false))), "{synced:?}");
+        // The informer's own task stopped too; its `synced` alone would wait for ever.
+        assert!(!informer.is_synced());
+        held.abort();
     }
 
     #[tokio::test]

@@ -73,8 +73,9 @@ pub async fn run(client: Client, cfg: Arc<SimConfig>, names: Vec<String>, cancel
     let pod_cache = informers.get::<Pod>();
     let mut pod_changes = pod_cache.subscribe();
     let mut node_changes = node_cache.subscribe();
-    node_cache.synced().await;
-    pod_cache.synced().await;
+    if !node_cache.synced_or(&cancel).await || !pod_cache.synced_or(&cancel).await {
+        return;
+    }
     let sim = Arc::new(Sim {
         client,
         cfg: cfg.clone(),

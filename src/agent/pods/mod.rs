@@ -48,7 +48,9 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.cfg.node_name));
     let informer = Informer::spawn(api, config, cancel.child_token());
     let mut changes = informer.subscribe();
-    informer.synced().await;
+    if !informer.synced_or(&cancel).await {
+        return;
+    }
     let mut workers: HashMap<String, Handle> = HashMap::new();
     let mut fingerprints: BTreeMap<String, String> = BTreeMap::new();
     for pod in informer.list() {
