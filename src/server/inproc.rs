@@ -55,7 +55,8 @@ pub fn client_in_groups(api: Arc<ApiServer>, user: &str, groups: &[&str]) -> kub
 /// A client acting as the service account `namespace/name` (user
 /// `system:serviceaccount:<namespace>:<name>` in the service-account groups).
 pub fn service_account_client(api: Arc<ApiServer>, namespace: &str, name: &str) -> kube::Client {
-    let groups = ["system:serviceaccounts".to_string(), format!("system:serviceaccounts:{namespace}")];
+    use crate::server::auth::serviceaccount;
+    let groups = serviceaccount::groups(namespace);
     let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
-    client_in_groups(api, &format!("system:serviceaccount:{namespace}:{name}"), &groups)
+    client_in_groups(api, &serviceaccount::user_name(namespace, name), &groups)
 }

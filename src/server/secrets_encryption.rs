@@ -161,21 +161,12 @@ impl SecretsEncryption {
         let ring = self.store.keyring();
         let active = ring.write_key().map(|k| k.name.clone());
         let (mut with_active, mut older, mut plain) = (0u64, 0u64, 0u64);
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.store.inner().range(SECRETS_PREFIX, after.as_deref(), 500, None).await?;
-            for kv in &page.kvs {
-                match Keyring::sealed_with(&kv.value) {
-                    None => plain += 1,
-                    Some(n) if Some(n) == active.as_deref() => with_active += 1,
-                    Some(_) => older += 1,
-                }
-            }
-            after = page.kvs.last().map(|kv| kv.key.clone());
-            if !page.more || after.is_none() {
-                break;
-            }
-        }
+        self.each_stored(|_, sealed_with| match sealed_with {
+            None => plain += 1,
+            Some(n) if Some(n) == active.as_deref() => with_active += 1,
+            Some(_) => older += 1,
+        })
+        .await?;
         let keys: Vec<Value> = ring
             .keys
             .iter()
@@ -220,33 +211,45 @@ impl SecretsEncryption {
 
     /// Writes every Secret not sealed with `key` again (the same bytes, sealed anew).
     async fn reseal(&self, key: &str) -> Result<u64, StoreError> {
-        let mut count = 0;
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.store.inner().range(SECRETS_PREFIX, after.as_deref(), 200, None).await?;
-            for kv in &page.kvs {
-                if Keyring::sealed_with(&kv.value) == Some(key) {
-                    continue;
-                }
-                loop {
-                    let Some(current) = self.store.get(&kv.key).await? else { break };
-                    match self.store.update(&kv.key, current.value, current.mod_revision).await {
-                        Ok(_) => {
-                            count += 1;
-                            break;
-                        }
-                        Err(StoreError::Conflict { .. }) => continue,
-                        Err(StoreError::NotFound { .. }) => break,
-                        Err(e) => return Err(e),
-                    }
-                }
+        let mut stale = Vec::new();
+        self.each_stored(|k, sealed_with| {
+            if sealed_with != Some(key) {
+                stale.push(k.to_string());
             }
-            after = page.kvs.last().map(|kv| kv.key.clone());
-            if !page.more || after.is_none() {
-                break;
+        })
+        .await?;
+        let mut count = 0;
+        for k in stale {
+            loop {
+                let Some(current) = self.store.get(&k).await? else { break };
+                match self.store.update(&k, current.value, current.mod_revision).await {
+                    Ok(_) => {
+                        count += 1;
+                        break;
+                    }
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(StoreError::NotFound { .. }) => break,
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(count)
+    }
+
+    /// Calls `f` with every stored Secret's key and the name of the key it is sealed with
+    /// (None: plain), read page by page from the store underneath.
+    async fn each_stored(&self, mut f: impl FnMut(&str, Option<&str>)) -> Result<(), StoreError> {
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.inner().range(SECRETS_PREFIX, after.as_deref(), 500, None).await?;
+            for kv in &page.kvs {
+                f(&kv.key, Keyring::sealed_with(&kv.value));
+            }
+            after = page.kvs.last().map(|kv| kv.key.clone());
+            if !page.more || after.is_none() {
+                return Ok(());
+            }
+        }
     }
 }
 

@@ -40,9 +40,7 @@ struct Held {
 impl TokenCache {
     fn get(&self, key: &TokenKey) -> Option<String> {
         let now = std::time::Instant::now();
-        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        // Expired tokens go, so the cache never outgrows the pods of the last hours.
-        tokens.retain(|_, h| h.expires_at > now);
+        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         tokens.get(key).filter(|h| h.renew_at > now).map(|h| h.token.clone())
     }
 
@@ -50,7 +48,10 @@ impl TokenCache {
         let now = std::time::Instant::now();
         let renew_in = (lifetime * 4 / 5).min(std::time::Duration::from_secs(24 * 3600));
         let held = Held { token, renew_at: now + renew_in, expires_at: now + lifetime };
-        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(key, held);
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        // Expired tokens go, so the cache never outgrows the pods of the last hours.
+        tokens.retain(|_, h| h.expires_at > now);
+        tokens.insert(key, held);
     }
 }
 

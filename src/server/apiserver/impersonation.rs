@@ -11,7 +11,7 @@ use http::HeaderMap;
 
 use crate::api::status::ApiError;
 
-use super::auth::{self, Authorizer, Decision, UserInfo};
+use super::auth::{self, Authorizer, Decision, UserInfo, serviceaccount};
 use super::request::RequestInfo;
 
 const USER: &str = "impersonate-user";
@@ -71,12 +71,9 @@ fn asks(headers: &HeaderMap) -> Result<Vec<Ask>, ApiError> {
     let mut out = Vec::new();
     let user = values(headers, USER).next().unwrap_or("");
     if !user.is_empty() {
-        let account = user.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':'));
-        match account {
-            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains(':') => {
-                out.push(Ask { namespace: ns.to_string(), ..Ask::new("ServiceAccount", name) })
-            }
-            _ => out.push(Ask::new("User", user)),
+        match serviceaccount::split_user_name(user) {
+            Some((ns, name)) => out.push(Ask { namespace: ns.to_string(), ..Ask::new("ServiceAccount", name) }),
+            None => out.push(Ask::new("User", user)),
         }
     }
     let mut others = false;
@@ -150,10 +147,9 @@ pub fn impersonate(authz: &dyn Authorizer, requester: UserInfo, headers: &Header
         }
         match ask.kind {
             "ServiceAccount" => {
-                user.name = format!("system:serviceaccount:{}:{}", ask.namespace, ask.name);
+                user.name = serviceaccount::user_name(&ask.namespace, &ask.name);
                 if !groups_given {
-                    user.groups =
-                        vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{}", ask.namespace)];
+                    user.groups = serviceaccount::groups(&ask.namespace);
                 }
             }
             "User" => user.name = ask.name.clone(),

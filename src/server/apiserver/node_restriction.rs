@@ -185,8 +185,8 @@ pub fn admit_mirror_pod(node: &str, pod: &Value, node_uid: &str) -> Result<(), S
         _ => return Err(format!("node {node:?} can only create pods with a single owner reference set to itself")),
     }
     let spec = pod.get("spec");
-    let refs = spec.map(node::references).unwrap_or_default();
-    let names = |kind: Kind| refs.iter().any(|(k, _)| *k == kind);
+    let kinds = node::referenced_kinds(spec);
+    let names = |kind: Kind| kinds.contains(&kind);
     if names(Kind::ServiceAccount) {
         return Err(format!("node {node:?} can not create pods that reference a service account"));
     }

@@ -53,8 +53,8 @@ impl ApiServer {
                 Bound::Node => ("nodes", ""),
             };
             let info = info(plural).map_err(|_| TokenError::Invalidated)?;
-            match self.objects.get(info, ns, name).await {
-                Ok(obj) => found.push((kind, Found::of(&obj))),
+            match self.objects.get_raw(info, ns, name).await {
+                Ok(json) => found.push((kind, Found::parse(&json))),
                 Err(e) if e.code == 404 => {}
                 Err(e) => {
                     tracing::warn!(error = %e.message, "cannot look up what a service-account token is bound to");
@@ -300,17 +300,14 @@ pub fn mount_token(pod: &mut Value, sa: &Value, suffix: &str) {
 /// their spec is the kubelet's file, left alone, and may reference no account, secret or config
 /// map, which the kubelet could not have been allowed to read for it.
 pub fn check_mirror_pod(pod: &Value) -> Result<(), String> {
-    use crate::server::auth::node::{Kind, references};
-    let refs = pod.get("spec").map(references).unwrap_or_default();
-    let names = |kind: Kind| refs.iter().any(|(k, _)| *k == kind);
-    if names(Kind::ServiceAccount) {
-        return Err("a mirror pod may not reference service accounts".into());
-    }
-    if names(Kind::Secret) {
-        return Err("a mirror pod may not reference secrets".into());
-    }
-    if names(Kind::ConfigMap) {
-        return Err("a mirror pod may not reference configmaps".into());
+    use crate::server::auth::node::{Kind, referenced_kinds};
+    let kinds = referenced_kinds(pod.get("spec"));
+    for (kind, what) in
+        [(Kind::ServiceAccount, "service accounts"), (Kind::Secret, "secrets"), (Kind::ConfigMap, "configmaps")]
+    {
+        if kinds.contains(&kind) {
+            return Err(format!("a mirror pod may not reference {what}"));
+        }
     }
     Ok(())
 }

@@ -81,7 +81,7 @@ fn binding_of(obj: &Value) -> Binding {
             "Group" => Some(group_key(name)),
             "ServiceAccount" => {
                 let ns = subject["namespace"].as_str().filter(|n| !n.is_empty()).unwrap_or(&namespace);
-                (!ns.is_empty()).then(|| user_key(&format!("system:serviceaccount:{ns}:{name}")))
+                (!ns.is_empty()).then(|| user_key(&super::serviceaccount::user_name(ns, name)))
             }
             _ => None,
         };

@@ -242,12 +242,16 @@ fn visit_references(spec: &SpecRefs<'_>, f: &mut dyn FnMut(Kind, &str)) {
     }
 }
 
-/// Every object of its namespace a pod spec names (see [`visit_references`]); what
-/// NodeRestriction keeps out of the mirror pods a node creates.
-pub fn references(spec: &Value) -> Vec<(Kind, String)> {
+/// The kinds of objects a pod spec names (see [`visit_references`]): what NodeRestriction and
+/// ServiceAccount admission keep out of mirror pods.
+pub fn referenced_kinds(spec: Option<&Value>) -> Vec<Kind> {
     let mut out = Vec::new();
-    if let Ok(spec) = SpecRefs::deserialize(spec) {
-        visit_references(&spec, &mut |kind, name| out.push((kind, name.to_string())));
+    if let Some(Ok(spec)) = spec.map(SpecRefs::deserialize) {
+        visit_references(&spec, &mut |kind, _| {
+            if !out.contains(&kind) {
+                out.push(kind);
+            }
+        });
     }
     out
 }

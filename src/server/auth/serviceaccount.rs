@@ -29,6 +29,23 @@ pub const EXTRA_NODE_NAME: &str = "authentication.kubernetes.io/node-name";
 pub const EXTRA_NODE_UID: &str = "authentication.kubernetes.io/node-uid";
 pub const EXTRA_CREDENTIAL_ID: &str = "authentication.kubernetes.io/credential-id";
 
+/// The user name of a service account (upstream's `serviceaccount.MakeUsername`).
+pub fn user_name(namespace: &str, name: &str) -> String {
+    format!("system:serviceaccount:{namespace}:{name}")
+}
+
+/// The groups every service account of `namespace` is in, besides `system:authenticated`
+/// (upstream's `serviceaccount.MakeGroupNames`).
+pub fn groups(namespace: &str) -> Vec<String> {
+    vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{namespace}")]
+}
+
+/// The namespace and name of a service account's user name; None for other users.
+pub fn split_user_name(user: &str) -> Option<(&str, &str)> {
+    let (ns, name) = user.strip_prefix("system:serviceaccount:")?.split_once(':')?;
+    (!ns.is_empty() && !name.is_empty() && !name.contains(':')).then_some((ns, name))
+}
+
 /// An object a token names.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Ref {
@@ -66,15 +83,24 @@ pub struct Found {
 }
 
 impl Found {
-    /// The parts of a stored object's metadata that validation reads.
-    pub fn of(obj: &Value) -> Found {
-        let meta = obj.get("metadata");
-        let s = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str).unwrap_or("");
-        let deleting_since = Some(s("deletionTimestamp"))
-            .filter(|t| !t.is_empty())
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.timestamp());
-        Found { uid: s("uid").to_string(), deleting_since }
+    /// The parts of a stored object's JSON that validation reads (only `metadata.uid` and
+    /// `metadata.deletionTimestamp` are parsed; unreadable text counts as no uid).
+    pub fn parse(json: &[u8]) -> Found {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default, rename_all = "camelCase")]
+        struct Meta {
+            uid: String,
+            deletion_timestamp: Option<String>,
+        }
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Object {
+            metadata: Meta,
+        }
+        let meta = serde_json::from_slice::<Object>(json).unwrap_or_default().metadata;
+        let deleting_since =
+            meta.deletion_timestamp.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.timestamp());
+        Found { uid: meta.uid, deleting_since }
     }
 }
 
@@ -149,7 +175,7 @@ impl TokenAuthenticator {
             "jti": claims.jti,
             "kubernetes.io": private,
             "nbf": now,
-            "sub": format!("system:serviceaccount:{}:{}", claims.namespace, claims.service_account.name),
+            "sub": user_name(&claims.namespace, &claims.service_account.name),
         });
         self.key.sign(&body).map_err(|e| e.to_string())
     }
@@ -197,7 +223,7 @@ impl Claims {
         };
         let namespace = private.get("namespace").and_then(Value::as_str).unwrap_or("").to_string();
         let service_account = reference("serviceaccount").unwrap_or_default();
-        let subject = format!("system:serviceaccount:{namespace}:{}", service_account.name);
+        let subject = user_name(&namespace, &service_account.name);
         if namespace.is_empty()
             || service_account.name.is_empty()
             || body.get("sub").and_then(Value::as_str) != Some(subject.as_str())
@@ -274,13 +300,9 @@ impl Claims {
         if !self.jti.is_empty() {
             put(EXTRA_CREDENTIAL_ID, &format!("JTI={}", self.jti));
         }
-        let ns = &self.namespace;
-        Ok(UserInfo {
-            name: format!("system:serviceaccount:{ns}:{}", sa.name),
-            uid: sa.uid.clone(),
-            groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}"), AUTHENTICATED.into()],
-            extra,
-        })
+        let mut groups = groups(&self.namespace);
+        groups.push(AUTHENTICATED.into());
+        Ok(UserInfo { name: user_name(&self.namespace, &sa.name), uid: sa.uid.clone(), groups, extra })
     }
 }
 
@@ -459,8 +481,10 @@ mod tests {
 
     #[test]
     fn found_reads_uid_and_deletion_time() {
-        let obj = json!({"metadata": {"uid": "u", "deletionTimestamp": "2027-01-15T08:00:00Z"}});
-        assert_eq!(Found::of(&obj), Found { uid: "u".into(), deleting_since: Some(1_800_000_000) });
-        assert_eq!(Found::of(&json!({"metadata": {"uid": "u"}})).deleting_since, None);
+        let obj =
+            br#"{"kind": "Pod", "metadata": {"uid": "u", "deletionTimestamp": "2027-01-15T08:00:00Z"}, "spec": {}}"#;
+        assert_eq!(Found::parse(obj), Found { uid: "u".into(), deleting_since: Some(1_800_000_000) });
+        assert_eq!(Found::parse(br#"{"metadata": {"uid": "u"}}"#).deleting_since, None);
+        assert_eq!(Found::parse(b"not json"), Found { uid: String::new(), deleting_since: None });
     }
 }

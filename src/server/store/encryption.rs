@@ -139,6 +139,12 @@ impl Encrypted {
         self.prefixes.iter().any(|p| key.starts_with(p.as_str()))
     }
 
+    /// Whether keys under `prefix` may be sealed; ranges and watches elsewhere (every list
+    /// of pods, say) pass through untouched.
+    fn overlaps(&self, prefix: &str) -> bool {
+        self.prefixes.iter().any(|p| p.starts_with(prefix) || prefix.starts_with(p.as_str()))
+    }
+
     fn seal(&self, key: &str, value: Bytes) -> Result<Bytes, StoreError> {
         if !self.covers(key) {
             return Ok(value);
@@ -194,6 +200,9 @@ impl Datastore for Encrypted {
         at_revision: Option<u64>,
     ) -> Result<RangeResult, StoreError> {
         let mut r = self.inner.range(prefix, start_after, limit, at_revision).await?;
+        if !self.overlaps(prefix) {
+            return Ok(r);
+        }
         let ring = self.keyring();
         r.kvs = r.kvs.into_iter().map(|kv| self.open_kv(&ring, kv)).collect::<Result<_, _>>()?;
         Ok(r)
@@ -219,7 +228,7 @@ impl Datastore for Encrypted {
 
     async fn watch(&self, prefix: &str, after_revision: u64) -> Result<Watch, StoreError> {
         let watch = self.inner.watch(prefix, after_revision).await?;
-        if !self.prefixes.iter().any(|p| p.starts_with(prefix) || prefix.starts_with(p.as_str())) {
+        if !self.overlaps(prefix) {
             return Ok(watch);
         }
         // A watch outlives keyring swaps: each event is opened with the ring of its moment.
