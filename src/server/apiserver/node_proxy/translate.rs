@@ -110,15 +110,10 @@ where
     if kubelet_w.write_all(&opening).await.is_err() {
         return;
     }
-    // Tells the client the session is up: an empty message on the lowest writable channel.
-    let first = if streams.stdout {
-        STDOUT
-    } else if streams.stderr && !streams.tty {
-        STDERR
-    } else {
-        ERROR
-    };
-    let _ = to_client.send(websocket::frame(OP_BINARY, &[first])).await;
+    // Upstream's server then sends an empty message on the lowest writable channel to say the
+    // session is up. A v5 client gains nothing from it, and client-go starts reading before
+    // it has registered its streams: one that arrives in that window is logged as "Unknown
+    // stream id 1, discarding message" on kubectl's stderr. So none is sent.
 
     let (to_kubelet, mut kubelet_rx) = mpsc::channel::<Vec<u8>>(64);
     let kubelet_writer = tokio::spawn(async move {
