@@ -224,9 +224,14 @@ where
                 })
                 .boxed();
             loop {
+                // Outside tokio's cooperative budget: on a busy server (hundreds of requests
+                // runnable) this task would otherwise yield every 128 events and wait behind
+                // all of them before reading on, while a watch that falls 10,000 events behind
+                // is dropped by the API server and relisted (BENCHMARKS.md, control plane).
+                // A turn reads only what the watch already holds.
                 let event = tokio::select! {
                     _ = cancel.cancelled() => return,
-                    e = events.next() => e,
+                    e = tokio::task::unconstrained(events.next()) => e,
                 };
                 let Some(event) = event else { return };
                 let event = match event {

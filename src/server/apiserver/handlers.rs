@@ -248,28 +248,31 @@ pub async fn list(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
     }
 }
 
+/// Encoded watch events buffered per response: what a watcher's reader may lag behind
+/// before its stream stops taking events from the store (~3.5 KiB each for pods).
+const WATCH_FRAMES: usize = 1024;
+
 /// GET with `watch=true`: a chunked stream of watch events.
 pub async fn watch(c: &Call<'_>) -> Result<Response<Body>, ApiError> {
     let mut opts = ListOptions::parse(c.query, c.info)?;
     opts.plain_json = c.output == Output::Json;
     opts.metadata_only = matches!(c.output, Output::Metadata { .. });
     let name_filter = if c.req.name.is_empty() { None } else { Some(c.req.name.clone()) };
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<WatchFrame>(64);
     let store = c.server.objects.store.clone();
     let cancel = c.server.shutdown.child_token();
-    tokio::spawn(listing::watch(store, c.info, list_prefix(c), name_filter, opts, tx, cancel));
     let info = c.info;
     let output = c.output;
     let include = c.include()?;
-    let (btx, brx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::convert::Infallible>>(16);
-    tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            let line = encode_watch_frame(info, output, include, frame);
-            if btx.send(Ok(http_body::Frame::data(line))).await.is_err() {
-                return;
-            }
-        }
-    });
+    let (btx, brx) = tokio::sync::mpsc::channel(WATCH_FRAMES);
+    let encode = move |frame| encode_watch_frame(info, output, include, frame);
+    // One task takes the store's events to the response, encoding on the way, and reads
+    // outside tokio's cooperative budget: under load (hundreds of requests runnable) a
+    // budgeted task moves a few dozen events per turn through the run queue, and a watcher
+    // that falls 10,000 events behind is dropped and relists (BENCHMARKS.md, control plane).
+    // Each turn ends when the store has nothing more or the response buffer is full.
+    let out = listing::WatchOut { tx: btx, encode };
+    let watch = listing::watch(store, c.info, list_prefix(c), name_filter, opts, out, cancel);
+    tokio::spawn(tokio::task::unconstrained(watch));
     let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(brx)).boxed();
     let content_type = if output == Output::Yaml { "application/yaml" } else { "application/json" };
     let mut r = Response::new(body);

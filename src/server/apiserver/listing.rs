@@ -326,7 +326,13 @@ pub enum WatchFrame {
     Error(ApiError),
 }
 
-/// Streams watch frames for objects under `prefix` into `tx` until the client goes away, the
+/// Where a watch's frames go: each is encoded by `encode` and sent on `tx` (a response body).
+pub struct WatchOut<E> {
+    pub tx: tokio::sync::mpsc::Sender<Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>>,
+    pub encode: E,
+}
+
+/// Streams watch frames for objects under `prefix` into `out` until the client goes away, the
 /// timeout passes or `cancel` fires.
 pub async fn watch(
     store: Arc<dyn Datastore>,
@@ -334,9 +340,10 @@ pub async fn watch(
     prefix: String,
     name_filter: Option<String>,
     opts: ListOptions,
-    tx: tokio::sync::mpsc::Sender<WatchFrame>,
+    out: WatchOut<impl Fn(WatchFrame) -> bytes::Bytes>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
+    let WatchOut { tx, encode } = out;
     let filtering = name_filter.is_some() || opts.has_selectors();
     let raw = opts.plain_json && !filtering && !crate::api::convert::converts(info);
     // A metadata watcher (the garbage collector watches every resource so) is sent nothing
@@ -357,8 +364,8 @@ pub async fn watch(
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     let send = |f: WatchFrame| {
-        let tx = tx.clone();
-        async move { tx.send(f).await.is_ok() }
+        let (tx, line) = (tx.clone(), encode(f));
+        async move { tx.send(Ok(http_body::Frame::data(line))).await.is_ok() }
     };
     let matches = |v: &Value| -> bool {
         if let Some(n) = &name_filter
