@@ -257,6 +257,21 @@ fn tls_client(cert: Option<(&str, &str)>, kubelet_ca: &str) -> Arc<rustls::Clien
 
 /// One GET on the kubelet API; Err for a failed handshake.
 async fn kubelet_get(port: u16, tls: Arc<rustls::ClientConfig>, path: &str) -> Result<(u16, String), String> {
+    kubelet_get_with(port, tls, path, None).await
+}
+
+/// A token of the service account `name` in the test namespace.
+fn kubectl_token(server: &Server, name: &str) -> String {
+    server.ok(&["create", "token", "-n", NS, name]).trim().to_string()
+}
+
+/// A GET on the kubelet API with `Authorization: Bearer <token>`.
+async fn kubelet_get_with(
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, String), String> {
     use http_body_util::BodyExt;
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
@@ -264,10 +279,11 @@ async fn kubelet_get(port: u16, tls: Arc<rustls::ClientConfig>, path: &str) -> R
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let req = http::Request::get(path)
-        .header("host", "127.0.0.1")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|e| e.to_string())?;
+    let mut req = http::Request::get(path).header("host", "127.0.0.1");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req.body(http_body_util::Empty::<bytes::Bytes>::new()).map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
@@ -405,6 +421,10 @@ async fn kubectl_reaches_containers_through_the_kubelet_api() {
     ]);
     let pod: Pod = serde_json::from_value(server.get_json(&["pod", "-n", NS, POD])).expect("pod");
     let pods = Arc::new(FixedPods { pods: vec![pod], containers: refs.clone(), sandbox: sandbox.clone() });
+    // Reviews go to the server as the agent's would (with the admin's credentials here).
+    let kc = kube::config::Kubeconfig::read_from(&server.kubeconfig).expect("kubeconfig");
+    let client_cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("config");
+    let reviews = Arc::new(skiff::agent::reviews::ApiReviews(kube::Client::try_from(client_cfg).expect("client")));
     let cancel = CancellationToken::new();
     let _stop_kubelet = cancel.clone().drop_guard();
     let kubelet = tokio::spawn(kubelet_api::serve(
@@ -414,6 +434,7 @@ async fn kubectl_reaches_containers_through_the_kubelet_api() {
             client_ca_pem: cluster_ca.clone(),
             node_name: NODE.to_string(),
             nodefs: dir.path().to_path_buf(),
+            reviews,
         },
         cri.clone(),
         pods,
@@ -449,6 +470,57 @@ async fn kubectl_reaches_containers_through_the_kubelet_api() {
         kubelet_get(kubelet_port, tls_client(Some((&node_cert, &node_key)), &kubelet_ca), "/pods").await,
         Ok((403, "Forbidden (user=system:node:kapi-node, verb=get, resource=nodes, subresource(s)=[proxy])".into()))
     );
+    // Any other user: what RBAC allows on this Node's subresources (SubjectAccessReview), with
+    // a bearer token reviewed by the API server (TokenReview).
+    server.apply(&format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: reader, namespace: {NS}}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: nobody, namespace: {NS}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: kubelet-proxy-reader}}
+rules: [{{apiGroups: [""], resources: [nodes/proxy], verbs: [get]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: kubelet-proxy-reader}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: kubelet-proxy-reader}}
+subjects: [{{kind: ServiceAccount, name: reader, namespace: {NS}}}]
+"#
+    ));
+    let reader = kubectl_token(&server, "reader");
+    let nobody = kubectl_token(&server, "nobody");
+    let no_cert = tls_client(None, &kubelet_ca);
+    let (code, body) = kubelet_get_with(kubelet_port, no_cert.clone(), "/pods", Some(&reader)).await.expect("pods");
+    assert_eq!((code, body.contains(POD)), (200, true), "{body}");
+    assert_eq!(
+        kubelet_get_with(kubelet_port, no_cert.clone(), "/stats/summary", Some(&reader)).await,
+        Ok((
+            403,
+            format!(
+                "Forbidden (user=system:serviceaccount:{NS}:reader, verb=get, resource=nodes, subresource(s)=[stats])"
+            )
+        ))
+    );
+    assert_eq!(
+        kubelet_get_with(kubelet_port, no_cert.clone(), "/healthz", Some(&nobody)).await,
+        Ok((
+            403,
+            format!(
+                "Forbidden (user=system:serviceaccount:{NS}:nobody, verb=get, resource=nodes, subresource(s)=[proxy])"
+            )
+        ))
+    );
+    assert_eq!(
+        kubelet_get_with(kubelet_port, no_cert.clone(), "/pods", Some("not-a-token")).await,
+        Ok((401, "Unauthorized".into()))
+    );
+
     let (_, foreign_issuer) = new_ca();
     let (foreign_cert, foreign_key) =
         issue(&foreign_issuer, "kube-apiserver-kubelet-client", &["system:masters"], false);

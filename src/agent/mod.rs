@@ -22,6 +22,7 @@ pub mod image_gc;
 pub mod kubelet_api;
 pub mod node;
 pub mod pods;
+pub mod reviews;
 pub mod static_pods;
 
 use std::path::PathBuf;
@@ -164,6 +165,7 @@ pub async fn run(
         client_ca_pem: tls.client_ca_pem,
         node_name: cfg.node_name.clone(),
         nodefs: cfg.data_dir.clone(),
+        reviews: Arc::new(reviews::ApiReviews(client.clone())),
     };
     let kubelet_api = kubelet_api::serve(api_cfg, cri.clone(), ctx.index.clone(), cancel.clone());
     let kubelet_api = async {

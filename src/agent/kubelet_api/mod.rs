@@ -15,13 +15,18 @@
 //! containerd's streaming server and splice the client's upgraded connection to it
 //! (`streaming.rs`), whatever the protocol (SPDY or WebSocket).
 //!
-//! Only client certificates that chain to `client_ca_pem` complete a handshake with one, and
-//! only the API server's identity (`CN=kube-apiserver-kubelet-client`, or `O=system:masters`)
-//! is authorized: without a certificate 401, with another identity 403.
+//! Only client certificates that chain to `client_ca_pem` complete a handshake with one; a
+//! client without one may present a bearer token. Who may do what is upstream's webhook
+//! authorization (`auth.rs`): the API server's identity (`CN=kube-apiserver-kubelet-client`)
+//! and `O=system:masters` may do everything, every other user what a SubjectAccessReview on
+//! this Node's `proxy`, `stats`, `metrics` or `log` subresource allows; no user 401, a denied
+//! one 403.
 //!
-//! It must not: talk to the API server, keep state about pods (the agent owns that), or
-//! interpret the streaming protocols it splices.
+//! It must not: talk to the API server itself (the reviews are the agent's [`Reviews`]), keep
+//! state about pods (the agent owns that), or interpret the streaming protocols it splices.
 
+mod auth;
+pub use auth::{Reviews, User};
 mod logs;
 pub use logs::log_tail;
 mod stats;
@@ -68,7 +73,7 @@ pub struct ContainerRef {
 }
 
 /// Where and as whom the kubelet API serves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// Default `0.0.0.0:10250`.
     pub listen: SocketAddr,
@@ -80,6 +85,8 @@ pub struct Config {
     pub node_name: String,
     /// The agent's data dir: `/stats/summary` reports its file system as the node's.
     pub nodefs: std::path::PathBuf,
+    /// TokenReviews and SubjectAccessReviews for users other than the API server (`auth.rs`).
+    pub reviews: Arc<dyn Reviews>,
 }
 
 /// The kubelet API's default port.
@@ -118,6 +125,7 @@ pub async fn serve(
         node_name: cfg.node_name,
         nodefs: cfg.nodefs,
         cpu: Default::default(),
+        gate: auth::Gate::new(cfg.reviews),
     });
     loop {
         let (tcp, peer) = tokio::select! {
@@ -183,12 +191,7 @@ struct State {
     node_name: String,
     nodefs: std::path::PathBuf,
     cpu: stats::CpuSampler,
-}
-
-/// Whether an identity may use the kubelet API: the API server's kubelet client, or a
-/// member of `system:masters`.
-pub fn authorized(id: &ClientIdentity) -> bool {
-    id.user == crate::pki::KUBELET_CLIENT_CN || id.groups.iter().any(|g| g == "system:masters")
+    gate: auth::Gate,
 }
 
 /// A plain-text response, as upstream's kubelet writes its errors.
@@ -206,41 +209,34 @@ fn json_response(v: &serde_json::Value) -> Response<Body> {
     r
 }
 
-/// Upstream's kubelet subresource for authorization messages.
-fn subresource(path: &str) -> &'static str {
-    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
-    match first {
-        "healthz" => "healthz",
-        "stats" => "stats",
-        "metrics" => "metrics",
-        "logs" => "log",
-        _ => "proxy",
-    }
-}
-
 impl State {
     async fn handle(&self, identity: Option<&ClientIdentity>, mut req: Request<Incoming>) -> Response<Body> {
-        let Some(id) = identity else {
-            return text(401, "Unauthorized");
+        let user = match identity {
+            Some(id) => User::from(id),
+            None => match bearer_token(&req) {
+                Some(token) => match self.gate.authenticate(token, std::time::Instant::now()).await {
+                    Some(user) => user,
+                    None => return text(401, "Unauthorized"),
+                },
+                None => return text(401, "Unauthorized"),
+            },
         };
         let path = req.uri().path().to_string();
-        if !authorized(id) {
-            let verb = match *req.method() {
-                Method::GET | Method::HEAD => "get",
-                Method::POST => "create",
-                Method::PUT => "update",
-                Method::PATCH => "patch",
-                Method::DELETE => "delete",
-                _ => "",
-            };
-            return text(
-                403,
-                format!(
-                    "Forbidden (user={}, verb={verb}, resource=nodes, subresource(s)=[{}])",
-                    id.user,
-                    subresource(&path)
-                ),
-            );
+        let (verb, sub) = (auth::verb(req.method()), auth::subresource(&path));
+        match self.gate.authorize(&user, verb, &self.node_name, sub, std::time::Instant::now()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return text(
+                    403,
+                    format!("Forbidden (user={}, verb={verb}, resource=nodes, subresource(s)=[{sub}])", user.name),
+                );
+            }
+            Err(e) => {
+                let msg =
+                    format!("Authorization error (user={}, verb={verb}, resource=nodes, subresource={sub})", user.name);
+                tracing::warn!(error = %e, "{msg}");
+                return text(500, msg);
+            }
         }
         let segs: Vec<String> = path.trim_start_matches('/').split('/').map(percent_decode).collect();
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
@@ -292,6 +288,14 @@ impl State {
     }
 }
 
+/// The token of an `Authorization: Bearer` header.
+fn bearer_token<B>(req: &Request<B>) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// Decodes `%XX` escapes of a path segment; invalid escapes stay as they are.
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
@@ -327,13 +331,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn identities_and_paths() {
-        let apiserver = ClientIdentity { user: crate::pki::KUBELET_CLIENT_CN.into(), groups: vec![] };
-        let admin = ClientIdentity { user: "system:admin".into(), groups: vec!["system:masters".into()] };
-        let node = ClientIdentity { user: "system:node:a".into(), groups: vec!["system:nodes".into()] };
-        assert!(authorized(&apiserver) && authorized(&admin) && !authorized(&node));
-        assert_eq!(subresource("/containerLogs/a/b/c"), "proxy");
-        assert_eq!(subresource("/healthz"), "healthz");
+    fn tokens_and_paths() {
+        let req = |v: &str| Request::get("/pods").header("authorization", v).body(()).expect("request");
+        assert_eq!(bearer_token(&req("Bearer abc.def")), Some("abc.def"));
+        assert_eq!(bearer_token(&req("bearer  abc")), Some("abc"));
+        assert_eq!(bearer_token(&req("Basic abc")), None);
+        assert_eq!(bearer_token(&req("Bearer ")), None);
         assert_eq!(percent_decode("a%2Fb%zz%4"), "a/b%zz%4");
         let q = query_pairs(Some("command=sh&command=-c&command=echo+hi&stdin=1"));
         assert_eq!(q.iter().filter(|(k, _)| k == "command").count(), 3);
