@@ -26,7 +26,7 @@ pub use tls::{
     ClientCertCheck, ClientIdentity, ServingCert, identity_from_cert, kubelet_client_tls_config,
     kubelet_serving_tls_config, server_tls_config, unverified_server_tls_client,
 };
-pub use token::{Credential, JoinToken, ca_hash, format_token, parse_token};
+pub use token::{Credential, JoinToken, bearer_token, ca_hash, format_token, parse_token};
 
 /// Errors of the PKI room.
 #[derive(Debug, thiserror::Error)]

@@ -178,9 +178,32 @@ pub fn load_or_create(path: &Path, ca_pem: &str, given: Option<&str>) -> Result<
     Ok(token)
 }
 
+/// The token of an `Authorization: Bearer <token>` header (the scheme in any case, as
+/// upstream's bearer-token authenticator reads it); `None` without one or with an empty one.
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_as_upstream_reads_them() {
+        let headers = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::AUTHORIZATION, v.parse().expect("header"));
+            h
+        };
+        assert_eq!(bearer_token(&headers("Bearer abc.def")), Some("abc.def"));
+        assert_eq!(bearer_token(&headers("bearer  abc")), Some("abc"));
+        assert_eq!(bearer_token(&headers("Basic abc")), None);
+        assert_eq!(bearer_token(&headers("Bearer ")), None);
+        assert_eq!(bearer_token(&http::HeaderMap::new()), None);
+    }
 
     #[test]
     fn parses_forms_and_rejects_garbage() {

@@ -92,18 +92,15 @@ impl ApiServer {
         if let Some(u) = cert_user {
             return Ok(u);
         }
-        if let Some(auth) = headers.get(header::AUTHORIZATION) {
-            let value = auth.to_str().unwrap_or("");
-            if let Some(token) = value.strip_prefix("Bearer ").map(str::trim) {
-                return match self.bearer_user(token, &[]).await {
-                    Ok((user, _)) => Ok(user),
-                    Err(reason) => {
-                        // The client learns only that it is unauthorized, as upstream.
-                        tracing::debug!(%reason, "bearer token refused");
-                        Err(ApiError::unauthorized())
-                    }
-                };
-            }
+        if let Some(token) = crate::pki::bearer_token(headers) {
+            return match self.bearer_user(token, &[]).await {
+                Ok((user, _)) => Ok(user),
+                Err(reason) => {
+                    // The client learns only that it is unauthorized, as upstream.
+                    tracing::debug!(%reason, "bearer token refused");
+                    Err(ApiError::unauthorized())
+                }
+            };
         }
         Ok(UserInfo::anonymous())
     }
