@@ -11,6 +11,7 @@ pub mod api;
 pub mod checkconfig;
 pub mod cli;
 pub mod cri;
+pub mod netproxy;
 pub mod pki;
 pub mod runtime;
 pub mod server;

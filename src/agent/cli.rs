@@ -21,6 +21,15 @@ pub fn run_blocking(flags: AgentFlags) -> i32 {
         eprintln!("skiff: the agent runs containers and must run as root");
         return 1;
     }
+    if flags.cleanup {
+        return match crate::netproxy::cleanup() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("skiff: {e}");
+                1
+            }
+        };
+    }
     if let Err(unfit) = crate::checkconfig::ensure_node_fit(cfg.runtime_endpoint.is_none()) {
         unfit.print();
         return 1;
@@ -60,7 +69,7 @@ pub fn run_blocking(flags: AgentFlags) -> i32 {
         if let Some(r) = renewer {
             tokio::spawn(r.run(cancel.clone()));
         }
-        match super::run(cfg, client, tls, cancel).await {
+        match super::run(cfg, client, None, tls, cancel).await {
             Ok(()) => 0,
             Err(e) => {
                 tracing::error!("{e}");

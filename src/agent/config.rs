@@ -36,6 +36,9 @@ pub struct NodeFlags {
     /// CRI socket of an existing container runtime, instead of the containerd skiff runs (PATH or unix://PATH)
     #[arg(long, env = "SKIFF_CONTAINER_RUNTIME_ENDPOINT", value_name = "ENDPOINT")]
     pub container_runtime_endpoint: Option<String>,
+    /// Run no service proxy on this node (another proxy serves Services here)
+    #[arg(long, env = "SKIFF_DISABLE_KUBE_PROXY")]
+    pub disable_kube_proxy: bool,
 }
 
 /// `skiff agent` flags as parsed.
@@ -68,6 +71,9 @@ pub struct AgentFlags {
     /// Log verbosity, 0-10 [default: 0]
     #[arg(short = 'v', env = "SKIFF_V", value_name = "LEVEL", value_parser = clap::value_parser!(u8).range(0..=10))]
     pub v: Option<u8>,
+    /// Remove the service proxy's rules from this host and exit
+    #[arg(long)]
+    pub cleanup: bool,
     #[command(flatten)]
     pub node: NodeFlags,
 }
@@ -154,6 +160,8 @@ pub struct AgentConfig {
     /// An existing CRI socket; `None` runs containerd.
     pub runtime_endpoint: Option<PathBuf>,
     pub kubelet: KubeletSettings,
+    /// Run the service proxy.
+    pub proxy: bool,
 }
 
 impl AgentConfig {
@@ -238,6 +246,7 @@ impl NodeFlags {
             cluster_domain: d.cluster_domain,
             runtime_endpoint,
             kubelet: parse_kubelet_args(&self.kubelet_arg)?,
+            proxy: !self.disable_kube_proxy,
         })
     }
 }

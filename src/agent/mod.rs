@@ -6,7 +6,8 @@
 //! measurements), writes the CNI configuration once the node has a pod CIDR ([`cni`]), and runs
 //! the pod workers ([`pods`]), the static pods of `<data-dir>/agent/pod-manifests/`
 //! ([`static_pods`]), the kubelet API ([`kubelet_api`]), image garbage collection
-//! ([`image_gc`]) and hard eviction ([`eviction`]). [`config`] holds the flags.
+//! ([`image_gc`]), hard eviction ([`eviction`]) and the service proxy ([`crate::netproxy`]).
+//! [`config`] holds the flags.
 //!
 //! Invariant: an API client only (a [`kube::Client`], in-process inside `skiff server`, over
 //! HTTPS in `skiff agent`); it never sees the store. It speaks to containers only through the
@@ -71,10 +72,12 @@ pub struct KubeletTls {
     pub client_ca_pem: String,
 }
 
-/// Runs the agent until `cancel` fires.
+/// Runs the agent until `cancel` fires. `proxy_client` is the service proxy's own identity
+/// (`system:kube-proxy`); without one the node runs no service proxy.
 pub async fn run(
     cfg: AgentConfig,
     client: Client,
+    proxy_client: Option<Client>,
     tls: KubeletTls,
     cancel: CancellationToken,
 ) -> Result<(), AgentError> {
@@ -194,7 +197,21 @@ pub async fn run(
     let mirrors =
         static_pods::run(client.clone(), agent_dir.join("pod-manifests"), cfg.node_name.clone(), cancel.clone());
     let eviction = eviction::run(ctx.clone(), cancel.clone());
-    tokio::join!(heartbeat, workers, mirrors, kubelet_api, image_gc, eviction);
+    let proxy = async {
+        match proxy_client {
+            Some(proxy_client) if cfg.proxy => {
+                let proxy_cfg =
+                    crate::netproxy::Config { node_name: cfg.node_name.clone(), skip_ips: vec![cfg.cluster_dns] };
+                crate::netproxy::run(proxy_client, proxy_cfg, ctx.services.clone(), cancel.clone()).await;
+            }
+            Some(_) => {}
+            None if cfg.proxy => {
+                tracing::warn!("no credentials for the service proxy: Services are not served on this node")
+            }
+            None => {}
+        }
+    };
+    tokio::join!(heartbeat, workers, mirrors, kubelet_api, image_gc, eviction, proxy);
     if let Some(c) = containerd {
         c.stop().await;
     }

@@ -255,9 +255,10 @@ fn start_components(
             tasks.push(tokio::spawn(node_role::run(labeller, agent_cfg.node_name.clone(), shutdown.clone())));
             let user = format!("system:node:{}", agent_cfg.node_name);
             let client = inproc::client_in_groups(api.clone(), &user, &[auth::NODES]);
+            let proxy_client = inproc::client(api.clone(), "system:kube-proxy");
             let cancel = shutdown.clone();
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = crate::agent::run(agent_cfg, client, tls, cancel).await {
+                if let Err(e) = crate::agent::run(agent_cfg, client, Some(proxy_client), tls, cancel).await {
                     tracing::error!(error = %e, "the agent stopped; this server runs no pods");
                 }
             }));

@@ -83,8 +83,9 @@ impl Drop for Host {
 }
 
 /// A LAN of hosts: a namespace holding only a bridge, and per host a namespace linked to it by
-/// one veth pair, addressed `172.30.<n>.<i>/24`. No host has a default route, and the bridge's
-/// namespace has no other link: nothing the hosts send can leave the LAN.
+/// one veth pair, addressed `172.30.<n>.<i>/24`. Hosts have no default route (only the service
+/// range routes, to an address no host has), and the bridge's namespace has no other link:
+/// nothing the hosts send can leave the LAN.
 pub struct Lan {
     netns: String,
     third: u8,
@@ -124,6 +125,10 @@ impl Lan {
             vec!["-n", &self.netns, "link", "set", &port, "up"],
             vec!["-n", &netns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
             vec!["-n", &netns, "link", "set", "eth0", "up"],
+            // The service range routes into the LAN, where no router answers, as a box's default
+            // route would carry it: cluster IPs route (so the service proxy sees the packets),
+            // and whatever no rule rewrites dies on the LAN.
+            vec!["-n", &netns, "route", "add", "10.43.0.0/16", "via", &format!("172.30.{}.254", self.third)],
         ] {
             let out = run("ip", &args);
             assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -165,6 +170,10 @@ impl Box {
             vec!["-n", &netns, "addr", "add", &format!("{node_ip}/24"), "dev", "node0"],
             vec!["-n", &netns, "link", "set", "node0", "up"],
             vec!["-n", &netns, "link", "set", "node1", "up"],
+            // The service range routes to a router that does not exist, as a box's default route
+            // would carry it: cluster IPs route (so the service proxy sees the packets), and
+            // whatever no rule rewrites dies here.
+            vec!["-n", &netns, "route", "add", "10.43.0.0/16", "via", &format!("172.31.{third}.1")],
         ] {
             let out = run("ip", &args);
             assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));

@@ -32,6 +32,7 @@ pub mod pods;
 pub mod replicaset;
 pub mod rootca;
 pub mod serviceaccount;
+pub mod servicelb;
 pub mod statefulset;
 pub mod tokencleaner;
 pub mod ttlafterfinished;
@@ -70,6 +71,7 @@ pub const NAMES: &[&str] = &[
     "tokencleaner",
     "nodepassword",
     "clusterrole-aggregation",
+    "servicelb",
 ];
 
 /// Makes a client acting as the service account `kube-system/<name>`.
@@ -128,6 +130,7 @@ pub fn service_account(controller: &str) -> &'static str {
         "tokencleaner" => "token-cleaner",
         "nodepassword" => "node-password-controller",
         "clusterrole-aggregation" => "clusterrole-aggregation-controller",
+        "servicelb" => "service-controller",
         _ => "kube-controller-manager",
     }
 }
@@ -180,6 +183,7 @@ pub async fn run(ctx: Arc<Ctx>, disabled: Vec<String>, cancel: CancellationToken
     start!("tokencleaner", tokencleaner::run);
     start!("nodepassword", nodepassword::run);
     start!("clusterrole-aggregation", clusterroleaggregation::run);
+    start!("servicelb", servicelb::run);
     tracing::info!(disabled = ?disabled, "controllers started");
     while tasks.join_next().await.is_some() {}
 }

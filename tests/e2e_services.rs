@@ -1,0 +1,215 @@
+//! Services on a real node: the service proxy's nftables rules carry traffic from the host and
+//! from pods to cluster IPs, node ports and load-balancer addresses, refuse traffic to Services
+//! without endpoints, keep ClientIP affinity, and let a pod reach itself through its Service.
+//! `skiff server` runs with its agent and containerd in a network namespace of the test's own.
+//!
+//! Needs root, containerd, runc, the CNI plugins, nftables and busybox-static (CI installs
+//! them); without them the test prints why and passes without running.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+mod images;
+mod node;
+
+use node::Box;
+
+const T: Duration = Duration::from_secs(90);
+
+/// A web server answering with its pod's name on port 8080 (named `http`).
+fn web_pod_spec() -> serde_json::Value {
+    serde_json::json!({
+        "containers": [{
+            "name": "web", "image": "busybox",
+            "command": ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"],
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 1},
+        }],
+        "terminationGracePeriodSeconds": 1,
+    })
+}
+
+fn manifests() -> String {
+    let web = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": web_pod_spec()}},
+    });
+    let solo = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "solo", "labels": {"app": "solo"}},
+        "spec": web_pod_spec(),
+    });
+    let client = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["sleep", "3600"]}],
+                 "terminationGracePeriodSeconds": 1},
+    });
+    let svc = |name: &str, app: &str, extra: serde_json::Value| {
+        let mut spec = serde_json::json!({"selector": {"app": app}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]});
+        for (k, v) in extra.as_object().expect("object") {
+            spec[k] = v.clone();
+        }
+        serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec})
+    };
+    let docs = [
+        web,
+        solo,
+        client,
+        svc("web", "web", serde_json::json!({})),
+        svc(
+            "web-np",
+            "web",
+            serde_json::json!({"type": "NodePort", "ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080}]}),
+        ),
+        svc(
+            "web-lb",
+            "web",
+            serde_json::json!({"type": "LoadBalancer", "ports": [{"name": "http", "port": 8081, "targetPort": "http"}]}),
+        ),
+        svc("web-sticky", "web", serde_json::json!({"sessionAffinity": "ClientIP"})),
+        svc("solo", "solo", serde_json::json!({})),
+        svc("nothing", "nothing", serde_json::json!({})),
+    ];
+    docs.iter().map(|d| serde_yaml::to_string(d).expect("yaml")).collect::<Vec<_>>().join("---\n")
+}
+
+/// An HTTP GET with busybox's `nc` (its `wget` crashes in the static build); the script runs
+/// on the host or, with `pod`, inside that pod. (success, the body's last line or the error).
+fn get(b: &Box, pod: Option<&str>, url: &str) -> (bool, String) {
+    let target = url.trim_start_matches("http://").trim_end_matches('/');
+    let (host, port) = target.split_once(':').unwrap_or((target, "80"));
+    let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {host} {port}");
+    let out = match pod {
+        None => b.exec("busybox", &["sh", "-c", &script]),
+        Some(pod) => b.kubectl(&["exec", pod, "--", "sh", "-c", &script]),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ok = out.status.success() && stdout.starts_with("HTTP/1.") && stdout.contains(" 200 ");
+    if ok {
+        (true, stdout.trim_end().lines().last().unwrap_or("").to_string())
+    } else {
+        (false, format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)).trim().to_string())
+    }
+}
+
+fn host_get(b: &Box, url: &str) -> (bool, String) {
+    get(b, None, url)
+}
+
+fn pod_get(b: &Box, pod: &str, url: &str) -> (bool, String) {
+    get(b, Some(pod), url)
+}
+
+fn cluster_ip(b: &Box, svc: &str) -> String {
+    b.ok(&["get", "service", svc, "-o", "jsonpath={.spec.clusterIP}"])
+}
+
+#[test]
+fn cluster_ips_node_ports_and_load_balancers_reach_the_pods() {
+    require_node!();
+    let mut b = Box::start("svc");
+    b.apply(&manifests());
+    b.wait_for("the web pods, solo and client Ready", T, |b| {
+        let out = b.kubectl(&[
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().filter(|l| *l == "True").count() == 4
+    });
+    let pods: BTreeSet<String> = b
+        .ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.name}"])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(pods.len(), 2);
+    let web = cluster_ip(&b, "web");
+
+    // From the host, through the cluster IP, to both pods.
+    b.wait_for("the cluster IP to answer from the host", T, |b| host_get(b, &format!("http://{web}/")).0);
+    let mut seen = BTreeSet::new();
+    for _ in 0..20 {
+        let (ok, body) = host_get(&b, &format!("http://{web}/"));
+        assert!(ok, "{body}");
+        assert!(pods.contains(&body), "{body} is not one of {pods:?}");
+        seen.insert(body);
+    }
+    assert_eq!(seen, pods, "20 requests should reach both endpoints");
+
+    // From a pod, by cluster IP.
+    let (ok, body) = pod_get(&b, "client", &format!("http://{web}/"));
+    assert!(ok && pods.contains(&body), "{body}");
+
+    // A node port on the node's address, from the host and from a pod.
+    let (ok, body) = host_get(&b, &format!("http://{}:30080/", b.node_ip));
+    assert!(ok && pods.contains(&body), "{body}");
+    let (ok, body) = pod_get(&b, "client", &format!("http://{}:30080/", b.node_ip));
+    assert!(ok && pods.contains(&body), "{body}");
+
+    // The load balancer's ingress is the node's address, and it answers there.
+    b.wait_for("the load balancer's ingress", T, |b| {
+        b.ok(&["get", "service", "web-lb", "-o", "jsonpath={.status.loadBalancer.ingress[*].ip}"]) == b.node_ip
+    });
+    b.wait_for("the load balancer to answer", T, |b| host_get(b, &format!("http://{}:8081/", b.node_ip)).0);
+    let (_, body) = host_get(&b, &format!("http://{}:8081/", b.node_ip));
+    assert!(pods.contains(&body), "{body}");
+    // Changing its type back to ClusterIP clears the ingress and closes the port.
+    b.ok(&[
+        "patch",
+        "service",
+        "web-lb",
+        "-p",
+        r#"{"spec":{"type":"ClusterIP","ports":[{"name":"http","port":8081,"targetPort":"http","nodePort":null}]}}"#,
+    ]);
+    b.wait_for("the ingress cleared", T, |b| {
+        b.json(&["get", "service", "web-lb"])["status"]["loadBalancer"] == serde_json::json!({})
+    });
+    b.wait_for("the node address to stop answering on 8081", T, |b| {
+        !host_get(b, &format!("http://{}:8081/", b.node_ip)).0
+    });
+
+    // ClientIP affinity: every request from one client lands on the same pod.
+    let sticky = cluster_ip(&b, "web-sticky");
+    let first = host_get(&b, &format!("http://{sticky}/")).1;
+    assert!(pods.contains(&first), "{first}");
+    for _ in 0..10 {
+        assert_eq!(host_get(&b, &format!("http://{sticky}/")).1, first);
+    }
+
+    // Hairpin: a pod reaches itself through its own Service.
+    let solo = cluster_ip(&b, "solo");
+    let (ok, body) = pod_get(&b, "solo", &format!("http://{solo}/"));
+    assert!(ok && body == "solo", "{body}");
+
+    // No endpoints: refused at once, from the host and from a pod, not left to time out.
+    let nothing = cluster_ip(&b, "nothing");
+    let (ok, text) = host_get(&b, &format!("http://{nothing}/"));
+    assert!(!ok && text.contains("Connection refused"), "{text}");
+    let (ok, text) = pod_get(&b, "client", &format!("http://{nothing}/"));
+    assert!(!ok && text.contains("Connection refused"), "{text}");
+    // A cluster IP answers only on its Service's ports.
+    let (ok, text) = host_get(&b, &format!("http://{web}:81/"));
+    assert!(!ok && text.contains("Connection refused"), "{text}");
+
+    // Endpoints follow the pods: scaled to zero, the Service refuses; back to one, it answers.
+    b.ok(&["scale", "deployment", "web", "--replicas=0"]);
+    b.wait_for("the cluster IP to refuse", T, |b| {
+        host_get(b, &format!("http://{web}/")).1.contains("Connection refused")
+    });
+    b.ok(&["scale", "deployment", "web", "--replicas=1"]);
+    b.wait_for("the cluster IP to answer again", T, |b| host_get(b, &format!("http://{web}/")).0);
+
+    // The rules are skiff's own table; `skiff agent --cleanup` removes them.
+    assert!(b.exec("nft", &["list", "table", "ip", "skiff"]).status.success());
+    b.ok(&["delete", "pods", "--all", "--grace-period=0", "--force", "--wait=false"]);
+    b.ok(&["delete", "deployment", "web"]);
+    b.terminate();
+    let bin = node::skiff_bin();
+    let out = b.exec(bin.to_str().expect("utf8"), &["agent", "--cleanup"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = b.exec("nft", &["list", "table", "ip", "skiff"]);
+    assert!(!out.status.success(), "the table is still there");
+}
