@@ -124,7 +124,8 @@ fn secure_token_joins_ready_with_approved_csrs_restarts_without_token_and_owns_i
     wait_until("w1 to be Ready", Duration::from_secs(60), || node_ready(&b, "w1"), || w1.log());
     eprintln!("join to Ready: {} ms", started.elapsed().as_millis());
 
-    // Both certificates went through CertificateSigningRequests, approved and issued.
+    // All three certificates (the node's, the kubelet API's, the service proxy's) went through
+    // CertificateSigningRequests, approved and issued.
     let list = csrs(&b);
     let mut seen: Vec<(String, String)> = list
         .iter()
@@ -141,12 +142,13 @@ fn secure_token_joins_ready_with_approved_csrs_restarts_without_token_and_owns_i
     assert_eq!(
         seen,
         vec![
+            ("kubernetes.io/kube-apiserver-client".into(), "system:node:w1".into()),
             ("kubernetes.io/kube-apiserver-client-kubelet".into(), "system:bootstrap:skiff-server-token".into()),
             ("kubernetes.io/kubelet-serving".into(), "system:node:w1".into()),
         ]
     );
     let table = b.ok(&["get", "csr"]);
-    assert_eq!(table.matches("Approved,Issued").count(), 2, "{table}");
+    assert_eq!(table.matches("Approved,Issued").count(), 3, "{table}");
 
     // The node's credentials: its own key, on this box only.
     let agent_dir = b.data_dir().join("agents").join("w1").join("agent");
@@ -168,6 +170,31 @@ fn secure_token_joins_ready_with_approved_csrs_restarts_without_token_and_owns_i
         "jsonpath={.status.userInfo.username}",
     ]);
     assert_eq!(whoami, "system:node:w1");
+    // The service proxy is system:kube-proxy, and its rules are on the agent's box.
+    let proxy_kubeconfig = agent_dir.join("kubeproxy.kubeconfig");
+    assert_eq!(mode(&proxy_kubeconfig), 0o600);
+    let whoami = b.ok(&[
+        "--kubeconfig",
+        proxy_kubeconfig.to_str().unwrap(),
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ]);
+    assert_eq!(whoami, "system:kube-proxy");
+    wait_until(
+        "the kubernetes Service in w1's rules",
+        Duration::from_secs(30),
+        || {
+            let out = std::process::Command::new("nsenter")
+                .arg(format!("--net=/var/run/netns/{}", w1_host.netns))
+                .args(["nft", "list", "map", "ip", "skiff", "service-ips"])
+                .output()
+                .expect("nft");
+            String::from_utf8_lossy(&out.stdout).contains("10.43.0.1 . tcp . 443")
+        },
+        || w1.log(),
+    );
 
     // A restart reuses the node credentials: no token, no new requests.
     w1.kill();
@@ -182,7 +209,7 @@ fn secure_token_joins_ready_with_approved_csrs_restarts_without_token_and_owns_i
         || w1.log(),
     );
     wait_until("w1 to be Ready again", Duration::from_secs(30), || node_ready(&b, "w1"), || w1.log());
-    assert_eq!(csrs(&b).len(), 2, "no new certificate requests");
+    assert_eq!(csrs(&b).len(), 3, "no new certificate requests");
 
     // Another box claiming the name is refused, and nothing is stored for it.
     let (code, err) = agent_exits(&b, &intruder_host, "intruder", "w1", &token);
@@ -191,7 +218,7 @@ fn secure_token_joins_ready_with_approved_csrs_restarts_without_token_and_owns_i
         err.trim_end().lines().last().unwrap_or_default(),
         "skiff: the server refused the request: certificatesigningrequests.certificates.k8s.io is forbidden: node password rejected: the node name \"w1\" belongs to another box; delete the Node to free the name, or join this box with another --node-name"
     );
-    assert_eq!(csrs(&b).len(), 2, "the refused request was not stored");
+    assert_eq!(csrs(&b).len(), 3, "the refused request was not stored");
 
     // A node may not ask for another node's certificate.
     let (csr_pem, _) = skiff::pki::csr::new_request("system:node:w2", &["system:nodes".to_string()], &[]).unwrap();
@@ -351,11 +378,12 @@ fn certificates_are_renewed_before_they_expire() {
     // Renewed at 80% of 22 s (20 s, backdated by 2 s): a few rounds within 45 s, each through
     // a CSR of the node itself, and the node stays Ready on the new certificates.
     wait_until(
-        "two renewals of both certificates",
+        "two renewals of all three certificates",
         Duration::from_secs(45),
         || {
             r1.log().matches("node client certificate renewed").count() >= 2
                 && r1.log().matches("kubelet serving certificate renewed").count() >= 2
+                && r1.log().matches("service proxy certificate renewed").count() >= 2
         },
         || r1.log(),
     );

@@ -57,7 +57,7 @@ pub fn run_blocking(flags: AgentFlags) -> i32 {
             tracing::info!("shutting down");
             stop.cancel();
         });
-        let (client, tls, renewer) = match connect(&flags, &cfg, &cancel).await {
+        let (client, proxy_client, tls, renewer) = match connect(&flags, &cfg, &cancel).await {
             Ok(c) => c,
             // One line on stderr: e.g. the CA hash mismatch, naming both hashes.
             Err(_) if cancel.is_cancelled() => return 0,
@@ -69,7 +69,7 @@ pub fn run_blocking(flags: AgentFlags) -> i32 {
         if let Some(r) = renewer {
             tokio::spawn(r.run(cancel.clone()));
         }
-        match super::run(cfg, client, None, tls, cancel).await {
+        match super::run(cfg, client, proxy_client, tls, cancel).await {
             Ok(()) => 0,
             Err(e) => {
                 tracing::error!("{e}");
@@ -80,7 +80,9 @@ pub fn run_blocking(flags: AgentFlags) -> i32 {
     })
 }
 
-type Connected = (kube::Client, super::KubeletTls, Option<super::bootstrap::Renewer>);
+/// The node's client, the service proxy's, the kubelet API's TLS identity and the renewer of a
+/// joined node's certificates.
+type Connected = (kube::Client, Option<kube::Client>, super::KubeletTls, Option<super::bootstrap::Renewer>);
 
 /// The node's API client and kubelet TLS: from `--kubeconfig`, or by joining.
 async fn connect(flags: &AgentFlags, cfg: &AgentConfig, cancel: &CancellationToken) -> Result<Connected, String> {
@@ -95,7 +97,8 @@ async fn connect(flags: &AgentFlags, cfg: &AgentConfig, cancel: &CancellationTok
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("cannot set up the kubelet's serving certificate: {e}"))?;
         let serving = crate::pki::ServingCert::new(&serving.cert_pem, &serving.key_pem).map_err(|e| e.to_string())?;
-        return Ok((client, super::KubeletTls { serving, client_ca_pem }, None));
+        // The kubeconfig's credentials serve the proxy too (RBAC decides what they may list).
+        return Ok((client.clone(), Some(client), super::KubeletTls { serving, client_ca_pem }, None));
     }
     let join = super::bootstrap::Join {
         server: flags.server.clone(),
@@ -106,5 +109,5 @@ async fn connect(flags: &AgentFlags, cfg: &AgentConfig, cancel: &CancellationTok
     };
     let joined = super::bootstrap::join(join, cancel).await.map_err(|e| e.to_string())?;
     let tls = super::KubeletTls { serving: joined.serving, client_ca_pem: joined.ca_pem };
-    Ok((joined.client, tls, Some(joined.renewer)))
+    Ok((joined.client, joined.proxy_client, tls, Some(joined.renewer)))
 }

@@ -24,6 +24,8 @@ pub const SIGNER_APISERVER_CLIENT: &str = "kubernetes.io/kube-apiserver-client";
 pub const NODE_USER_PREFIX: &str = "system:node:";
 /// The group of nodes.
 pub const NODES_GROUP: &str = "system:nodes";
+/// The service proxy's user, as upstream's kube-proxy (bound to `system:node-proxier`).
+pub const KUBE_PROXY_USER: &str = "system:kube-proxy";
 
 /// What a certificate signing request asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -137,6 +139,25 @@ pub fn validate_kubelet_serving(s: &CsrSubject, usages: &[String]) -> Result<(),
 }
 
 /// The checks of `signer` for a request, if it has any.
+/// Checks a request for the service proxy's client certificate: `CN=system:kube-proxy`, no
+/// organization, no alternative names, client usages only.
+pub fn validate_kube_proxy(s: &CsrSubject, usages: &[String]) -> Result<(), String> {
+    if s.common_name != KUBE_PROXY_USER {
+        return Err("subject common name is not system:kube-proxy".into());
+    }
+    if !s.organizations.is_empty() {
+        return Err("subject organization is not empty".into());
+    }
+    if !(s.dns_names.is_empty() && s.emails.is_empty() && s.ip_addresses.is_empty() && s.uris.is_empty()) {
+        return Err("subjectAltNames are not allowed".into());
+    }
+    let u = usage_set(usages);
+    if u != ["client auth", "digital signature", "key encipherment"] && u != ["client auth", "digital signature"] {
+        return Err("usages did not match [client auth digital signature key encipherment]".into());
+    }
+    Ok(())
+}
+
 pub fn validate_for_signer(signer: &str, s: &CsrSubject, usages: &[String]) -> Result<(), String> {
     match signer {
         SIGNER_KUBELET_CLIENT => validate_kubelet_client(s, usages),

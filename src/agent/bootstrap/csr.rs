@@ -16,6 +16,8 @@ pub struct Request<'a> {
     pub signer: &'a str,
     pub usages: &'a [&'a str],
     pub cn: &'a str,
+    /// The subject's organizations (groups).
+    pub orgs: &'a [String],
     pub sans: &'a [String],
     /// Sent with a join token, so the server can check this box owns the node name.
     pub node_password: Option<&'a str>,
@@ -42,8 +44,7 @@ pub async fn obtain(
     r: &Request<'_>,
     cancel: &CancellationToken,
 ) -> Result<Issued, BootstrapError> {
-    let orgs = [crate::pki::csr::NODES_GROUP.to_string()];
-    let (request_pem, key_pem) = crate::pki::csr::new_request(r.cn, &orgs, r.sans).map_err(BootstrapError::Pki)?;
+    let (request_pem, key_pem) = crate::pki::csr::new_request(r.cn, r.orgs, r.sans).map_err(BootstrapError::Pki)?;
     let body = json!({
         "apiVersion": "certificates.k8s.io/v1",
         "kind": "CertificateSigningRequest",

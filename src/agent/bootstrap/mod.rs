@@ -24,7 +24,10 @@ use std::time::Duration;
 use base64::Engine;
 use tokio_util::sync::CancellationToken;
 
-use crate::pki::csr::{NODE_USER_PREFIX, SIGNER_KUBELET_CLIENT, SIGNER_KUBELET_SERVING};
+use crate::pki::csr::{
+    KUBE_PROXY_USER, NODE_USER_PREFIX, NODES_GROUP, SIGNER_APISERVER_CLIENT, SIGNER_KUBELET_CLIENT,
+    SIGNER_KUBELET_SERVING,
+};
 use crate::pki::{PkiError, ServingCert};
 
 /// Why the node could not join.
@@ -67,10 +70,12 @@ pub struct Join {
     pub serving_names: Vec<String>,
 }
 
-/// A joined node: its API client (whose certificate [`Renewer`] replaces), the cluster CA and
-/// the kubelet's serving certificate.
+/// A joined node: its API client (whose certificate [`Renewer`] replaces), the service proxy's
+/// client (`None` when the server issued it no certificate), the cluster CA and the kubelet's
+/// serving certificate.
 pub struct Joined {
     pub client: kube::Client,
+    pub proxy_client: Option<kube::Client>,
     pub ca_pem: String,
     pub serving: Arc<ServingCert>,
     pub renewer: Renewer,
@@ -257,6 +262,7 @@ async fn bootstrap(
         signer: SIGNER_KUBELET_CLIENT,
         usages: &["digital signature", "client auth"],
         cn: &cn,
+        orgs: &[NODES_GROUP.to_string()],
         sans: &[],
         node_password: Some(&password),
     };
@@ -302,8 +308,74 @@ pub async fn join(j: Join, cancel: &CancellationToken) -> Result<Joined, Bootstr
     };
     let serving = ServingCert::new(&serving_pem, &serving_key).map_err(BootstrapError::Pki)?;
     let ca_pem = creds.ca_pem.clone();
-    let renewer = Renewer { j, creds, inner, client: client.clone(), serving: serving.clone(), serving_pem };
-    Ok(Joined { client, ca_pem, serving, renewer })
+    let proxy = match proxy_credentials(&j, &creds, &client, cancel).await {
+        Ok(p) => Some(Rotated { inner: Arc::new(RwLock::new(cert_client(&p).await?)), creds: p }),
+        Err(BootstrapError::Cancelled) => return Err(BootstrapError::Cancelled),
+        Err(e) => {
+            tracing::warn!(error = %e, "no certificate for the service proxy: Services are not served on this node");
+            None
+        }
+    };
+    let proxy_client = proxy.as_ref().map(|p| kube::Client::new(Rotating(p.inner.clone()), "default"));
+    let renewer = Renewer { j, creds, inner, client: client.clone(), serving: serving.clone(), serving_pem, proxy };
+    Ok(Joined { client, proxy_client, ca_pem, serving, renewer })
+}
+
+/// `<agent dir>/kubeproxy.kubeconfig`: the service proxy's credentials.
+pub fn proxy_kubeconfig_path(agent_dir: &Path) -> PathBuf {
+    agent_dir.join("kubeproxy.kubeconfig")
+}
+
+/// How long to wait for the service proxy's certificate before the node runs without one (a
+/// server that does not approve such requests leaves them pending).
+const PROXY_CERT_WAIT: Duration = Duration::from_secs(30);
+
+/// The service proxy's credentials of an earlier start, or new ones asked for as the node.
+async fn proxy_credentials(
+    j: &Join,
+    node: &NodeCreds,
+    client: &kube::Client,
+    cancel: &CancellationToken,
+) -> Result<NodeCreds, BootstrapError> {
+    let path = proxy_kubeconfig_path(&j.agent_dir);
+    if let Some(c) = read_kubeconfig(&path).filter(|c| renew_at(&c.cert_pem) > now()) {
+        return Ok(NodeCreds { server: node.server.clone(), ca_pem: node.ca_pem.clone(), ..c });
+    }
+    match tokio::time::timeout(PROXY_CERT_WAIT, request_proxy(j, node, client, cancel)).await {
+        Ok(r) => r,
+        Err(_) => Err(BootstrapError::Rejected(format!(
+            "the request for the service proxy's certificate was not issued within {} s",
+            PROXY_CERT_WAIT.as_secs()
+        ))),
+    }
+}
+
+async fn request_proxy(
+    j: &Join,
+    node: &NodeCreds,
+    client: &kube::Client,
+    cancel: &CancellationToken,
+) -> Result<NodeCreds, BootstrapError> {
+    let request = csr::Request {
+        generate_name: "csr-",
+        signer: SIGNER_APISERVER_CLIENT,
+        usages: &["digital signature", "client auth"],
+        cn: KUBE_PROXY_USER,
+        orgs: &[],
+        sans: &[],
+        node_password: None,
+    };
+    let issued = csr::obtain(client, &request, cancel).await?;
+    let creds = NodeCreds { cert_pem: issued.cert_pem, key_pem: issued.key_pem, ..node.clone() };
+    write_kubeconfig(&proxy_kubeconfig_path(&j.agent_dir), &creds)?;
+    tracing::info!(csr = %issued.csr_name, "service proxy certificate issued");
+    Ok(creds)
+}
+
+/// A client certificate in use and the slot its client is swapped in.
+struct Rotated {
+    creds: NodeCreds,
+    inner: Arc<RwLock<kube::Client>>,
 }
 
 fn serving_files(j: &Join) -> (PathBuf, PathBuf, PathBuf) {
@@ -340,6 +412,7 @@ async fn request_serving(
         signer: SIGNER_KUBELET_SERVING,
         usages: &["digital signature", "server auth"],
         cn: &cn,
+        orgs: &[NODES_GROUP.to_string()],
         sans: &names,
         node_password: None,
     };
@@ -367,6 +440,7 @@ pub struct Renewer {
     client: kube::Client,
     serving: Arc<ServingCert>,
     serving_pem: String,
+    proxy: Option<Rotated>,
 }
 
 impl Renewer {
@@ -374,7 +448,10 @@ impl Renewer {
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut retry = Duration::from_secs(1);
         loop {
-            let next = renew_at(&self.creds.cert_pem).min(renew_at(&self.serving_pem));
+            let mut next = renew_at(&self.creds.cert_pem).min(renew_at(&self.serving_pem));
+            if let Some(p) = &self.proxy {
+                next = next.min(renew_at(&p.creds.cert_pem));
+            }
             let wait = Duration::from_secs((next - now()).max(0) as u64);
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -403,6 +480,7 @@ impl Renewer {
                 signer: SIGNER_KUBELET_CLIENT,
                 usages: &["digital signature", "client auth"],
                 cn: &cn,
+                orgs: &[NODES_GROUP.to_string()],
                 sans: &[],
                 node_password: None,
             };
@@ -419,6 +497,14 @@ impl Renewer {
             self.serving.replace(&cert, &key).map_err(BootstrapError::Pki)?;
             self.serving_pem = cert;
             tracing::info!("kubelet serving certificate renewed");
+        }
+        if let Some(p) = &mut self.proxy
+            && renew_at(&p.creds.cert_pem) <= now()
+        {
+            let creds = request_proxy(&self.j, &self.creds, &self.client, cancel).await?;
+            *p.inner.write().unwrap_or_else(|e| e.into_inner()) = cert_client(&creds).await?;
+            p.creds = creds;
+            tracing::info!("service proxy certificate renewed");
         }
         Ok(())
     }

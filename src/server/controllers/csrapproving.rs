@@ -4,7 +4,9 @@
 //! distributions do:
 //! - `kube-apiserver-client-kubelet` from a bootstrapper (a join token; the API server already
 //!   checked the box's node password) or from the node itself, renewing;
-//! - `kubelet-serving` from the node itself, for its own name.
+//! - `kubelet-serving` from the node itself, for its own name;
+//! - `kube-apiserver-client` for `CN=system:kube-proxy` from a node: the service proxy each
+//!   node runs gets its own identity this way (k3s hands every node a kube-proxy certificate).
 //!
 //! Requests must have the subject, names and usages their signer issues. Anything else is
 //! left pending for an administrator (`kubectl certificate approve|deny`).
@@ -20,7 +22,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
-use crate::pki::csr::{self, NODES_GROUP, SIGNER_KUBELET_CLIENT, SIGNER_KUBELET_SERVING};
+use crate::pki::csr::{
+    self, NODE_USER_PREFIX, NODES_GROUP, SIGNER_APISERVER_CLIENT, SIGNER_KUBELET_CLIENT, SIGNER_KUBELET_SERVING,
+};
 use crate::runtime::queue::{Next, reconcile_each};
 use crate::runtime::{Informer, Key};
 
@@ -67,6 +71,13 @@ pub fn recognize(csr: &CertificateSigningRequest) -> Option<&'static str> {
         }
         SIGNER_KUBELET_SERVING if self_node && csr::validate_kubelet_serving(&subject, &usages).is_ok() => {
             Some("Auto approving kubelet serving certificate of its own node.")
+        }
+        SIGNER_APISERVER_CLIENT
+            if username.starts_with(NODE_USER_PREFIX)
+                && groups.iter().any(|g| g == NODES_GROUP)
+                && csr::validate_kube_proxy(&subject, &usages).is_ok() =>
+        {
+            Some("Auto approving the service proxy's client certificate for a node.")
         }
         _ => None,
     }
