@@ -1,8 +1,8 @@
 //! Node-local cluster DNS: every agent answers the cluster's names itself, from its own caches
 //! of Services and EndpointSlices, and forwards other names to the host's resolvers.
 //!
-//! Start at [`run`]: it binds the sockets, waits for the informers' first lists, builds the
-//! cluster zone and keeps it current, and serves until cancelled. The rooms:
+//! Start at [`run`]: it binds the sockets and serves until cancelled, answering cluster names
+//! (SERVFAIL until the informers' first lists are in) from a zone it rebuilds on every change. The rooms:
 //! - [`records`]: the zone, pure: Services and EndpointSlices in, answers out
 //!   ([`records::Records`], swapped whole through [`records::SharedRecords`]);
 //! - [`server`]: sockets, framing and the request rules ([`server::serve`], which tests and
@@ -110,15 +110,16 @@ pub async fn run(
         tracing::warn!("no upstream DNS server; names outside the cluster will fail");
     }
     let sockets = Sockets::bind(&cfg.listen).await?;
-    let mut service_changes = services.subscribe();
-    let mut slice_changes = slices.subscribe();
-    if !services.synced_or(&cancel).await || !slices.synced_or(&cancel).await {
-        return Ok(());
-    }
-    let shared = SharedRecords::new(build(&domain, &services, &slices));
     tracing::info!(listen = ?sockets.local_addrs(), %domain, upstreams = ?upstreams, "cluster DNS serving");
+    // Outside names are answered at once; cluster names are SERVFAIL until the first lists.
+    let shared = SharedRecords::new(Records::unsynced(&domain));
     let forwarder = Arc::new(Forwarder::new(upstreams));
     let server = tokio::spawn(serve(sockets, shared.clone(), forwarder, cancel.clone()));
+    let mut service_changes = services.subscribe();
+    let mut slice_changes = slices.subscribe();
+    if services.synced_or(&cancel).await && slices.synced_or(&cancel).await {
+        shared.store(build(&domain, &services, &slices));
+    }
     loop {
         // Every change (and a resync) rebuilds the whole zone, after gathering the changes
         // that follow it closely.

@@ -87,6 +87,9 @@ pub struct Records {
     soa: Record,
     ns: Record,
     names: HashMap<Box<str>, Node>,
+    /// False until the objects are known: cluster names are SERVFAIL (asked again later)
+    /// rather than NXDOMAIN (remembered by clients).
+    synced: bool,
 }
 
 /// The current [`Records`], swapped whole when objects change; readers take an `Arc` and never
@@ -325,7 +328,13 @@ impl Records {
         let soa = SOA::new(under("ns.dns"), under("hostmaster"), serial, 7200, 1800, 86400, TTL);
         let soa = Record::from_rdata(apex.clone(), TTL, RData::SOA(soa));
         let ns = Record::from_rdata(apex.clone(), TTL, RData::NS(NS(under("ns.dns"))));
-        Records { domain, apex, soa, ns, names }
+        Records { domain, apex, soa, ns, names, synced: true }
+    }
+
+    /// The zone of `domain` before the objects are known: its names are SERVFAIL, other
+    /// names are forwarded as usual.
+    pub fn unsynced(domain: &str) -> Self {
+        Records { synced: false, ..Self::empty(domain) }
     }
 
     /// An empty zone of `domain`.
@@ -376,6 +385,9 @@ impl Records {
                 return Lookup::Local(Answer { answers, ..self.empty_answer(ResponseCode::NoError) });
             }
             return Lookup::Forward;
+        }
+        if !self.synced {
+            return Lookup::Local(self.empty_answer(ResponseCode::ServFail));
         }
         Lookup::Local(self.local(qname, &key, qtype, 0))
     }
@@ -861,6 +873,14 @@ mod tests {
         // A label holding a dot cannot be a cluster name.
         let odd = Name::from_labels(vec![b"a.b".to_vec(), b"cluster".to_vec(), b"local".to_vec()]).unwrap();
         assert!(matches!(r.lookup(&odd, RecordType::A), Lookup::Local(Answer { rcode: ResponseCode::NXDomain, .. })));
+    }
+
+    #[test]
+    fn before_the_objects_are_known_cluster_names_fail_softly() {
+        let r = Records::unsynced("cluster.local");
+        let a = local(&r, "web.default.svc.cluster.local.", RecordType::A);
+        assert_eq!((a.rcode, a.answers.len(), a.authority.len()), (ResponseCode::ServFail, 0, 0));
+        assert!(matches!(r.lookup(&name("example.com."), RecordType::A), Lookup::Forward));
     }
 
     #[test]
