@@ -17,6 +17,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod cni;
 pub mod config;
+pub mod dns;
 pub mod eviction;
 pub mod host;
 pub mod image_gc;
