@@ -251,6 +251,11 @@ rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true
 # The pods' bridge (its veths go with the namespaces).
 ip link delete skiff0 2>/dev/null || true
 
+# The cluster DNS address the agent put on the loopback interface (it notes which).
+if [ -f "$DATA_DIR/agent/cluster-dns-address" ]; then
+    ip addr del "$(cat "$DATA_DIR/agent/cluster-dns-address")" dev lo 2>/dev/null || true
+fi
+
 # nftables tables that skiff owns.
 if command -v nft >/dev/null 2>&1; then
     for family in ip ip6 inet; do

@@ -203,6 +203,8 @@ fn cluster_ips_node_ports_and_load_balancers_reach_the_pods() {
     b.wait_for("the cluster IP to answer again", T, |b| host_get(b, &format!("http://{web}/")).0);
 
     // The rules are skiff's own table; `skiff agent --cleanup` removes them.
+    let lo = String::from_utf8_lossy(&b.exec("ip", &["-o", "addr", "show", "dev", "lo"]).stdout).into_owned();
+    assert!(lo.contains("10.43.0.10/32"), "the cluster DNS address is on lo: {lo}");
     assert!(b.exec("nft", &["list", "table", "ip", "skiff"]).status.success());
     b.ok(&["delete", "pods", "--all", "--grace-period=0", "--force", "--wait=false"]);
     b.ok(&["delete", "deployment", "web"]);
@@ -212,4 +214,122 @@ fn cluster_ips_node_ports_and_load_balancers_reach_the_pods() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = b.exec("nft", &["list", "table", "ip", "skiff"]);
     assert!(!out.status.success(), "the table is still there");
+    // So is the cluster DNS address the node answered on.
+    let lo = String::from_utf8_lossy(&b.exec("ip", &["-o", "addr", "show", "dev", "lo"]).stdout).into_owned();
+    assert!(!lo.contains("10.43.0.10"), "{lo}");
+}
+
+/// A stand-in for the internet's DNS: answers `A outside.example.` with 192.0.2.44 and
+/// NXDOMAIN for everything else, on 127.0.0.1:53 inside the box's namespace (a thread that
+/// entered it). Counts the queries it saw.
+fn stub_upstream(netns: &str) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = seen.clone();
+    let ns = std::fs::File::open(format!("/var/run/netns/{netns}")).expect("netns");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let sock = std::net::UdpSocket::bind("127.0.0.1:53").expect("bind the stub upstream");
+        tx.send(()).expect("ready");
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if n < 12 {
+                continue;
+            }
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // The question ends after the name's zero byte and 4 bytes of type and class.
+            let Some(end) = buf[12..n].iter().position(|b| *b == 0).map(|p| 12 + p + 5) else { continue };
+            let name = &buf[12..end - 4];
+            let known = name.eq_ignore_ascii_case(b"\x07outside\x07example\x00") && buf[end - 4..end - 2] == [0, 1];
+            let mut r = buf[..end].to_vec();
+            r[2] = 0x81; // response, recursion desired
+            r[3] = if known { 0x80 } else { 0x83 }; // recursion available; NXDOMAIN
+            r[6..12].copy_from_slice(&[0, u8::from(known), 0, 0, 0, 0]);
+            if known {
+                r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 44]);
+            }
+            let _ = sock.send_to(&r, from);
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("the stub upstream started");
+    seen
+}
+
+fn nslookup(b: &Box, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["exec", "client", "--", "nslookup"];
+    all.extend_from_slice(args);
+    let out = b.kubectl(&all);
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn pods_resolve_services_statefulset_pods_and_outside_names() {
+    require_node!();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.0.0.1\n").expect("resolv.conf");
+    let b = Box::start_with("dns", &["--resolv-conf", resolv.to_str().expect("utf8")]);
+    let upstream_queries = stub_upstream(&b.netns);
+    let db = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+        "spec": {"replicas": 2, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                 "template": {"metadata": {"labels": {"app": "db"}}, "spec": web_pod_spec()}},
+    });
+    let docs = [
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"},
+            "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["sleep", "3600"]}],
+                     "terminationGracePeriodSeconds": 1}}),
+        serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "db"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}),
+        serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db"},
+            "spec": {"clusterIP": "None", "selector": {"app": "db"}, "ports": [{"name": "http", "port": 8080}]}}),
+        serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ext"},
+            "spec": {"type": "ExternalName", "externalName": "outside.example"}}),
+        db,
+    ];
+    b.apply(&docs.iter().map(|d| serde_yaml::to_string(d).expect("yaml")).collect::<Vec<_>>().join("---\n"));
+    b.wait_for("client, db-0 and db-1 Ready", T, |b| {
+        ["client", "db-0", "db-1"].iter().all(|p| {
+            b.pod(p).is_some_and(|p| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            })
+        })
+    });
+    let web = cluster_ip(&b, "web");
+    let ip = |pod: &str| b.pod(pod).expect("pod")["status"]["podIP"].as_str().expect("pod IP").to_string();
+    let (db0, db1) = (ip("db-0"), ip("db-1"));
+
+    // A Service by its FQDN, and by its short name through the search path. (busybox's
+    // nslookup applies the search path only to names without a dot, asks every search domain at
+    // once and exits 1 when any of them is NXDOMAIN, so only the answer counts there.)
+    let (ok, out) = nslookup(&b, &["-type=A", "web.default.svc.cluster.local"]);
+    assert!(ok && out.contains(&format!("Address: {web}")), "{out}");
+    let (_, out) = nslookup(&b, &["-type=A", "web"]);
+    assert!(out.contains("Name:\tweb.default.svc.cluster.local") && out.contains(&format!("Address: {web}")), "{out}");
+    // A headless Service: its ready pods; a StatefulSet pod by its own name.
+    let (ok, out) = nslookup(&b, &["-type=A", "db.default.svc.cluster.local"]);
+    assert!(ok && out.contains(&format!("Address: {db0}")) && out.contains(&format!("Address: {db1}")), "{out}");
+    let (ok, out) = nslookup(&b, &["-type=A", "db-1.db.default.svc.cluster.local"]);
+    assert!(ok && out.contains(&format!("Address: {db1}")) && !out.contains(&db0), "{out}");
+    // SRV for a named port.
+    let (ok, out) = nslookup(&b, &["-type=SRV", "_http._tcp.web.default.svc.cluster.local"]);
+    assert!(ok && out.contains("web.default.svc.cluster.local"), "{out}");
+    // A missing name in the cluster domain.
+    let (ok, out) = nslookup(&b, &["-type=A", "nothing.default.svc.cluster.local"]);
+    assert!(!ok && out.contains("NXDOMAIN"), "{out}");
+    // Outside names go to the host's resolver (the stub), as does an ExternalName's target.
+    let (ok, out) = nslookup(&b, &["-type=A", "outside.example"]);
+    assert!(ok && out.contains("Address: 192.0.2.44"), "{out}");
+    assert!(upstream_queries.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    let (ok, out) = nslookup(&b, &["-type=A", "ext.default.svc.cluster.local"]);
+    assert!(ok && out.contains("outside.example") && out.contains("192.0.2.44"), "{out}");
+
+    // A new Service is answered as soon as it exists.
+    b.ok(&["create", "service", "clusterip", "late", "--tcp=80:8080"]);
+    let late = cluster_ip(&b, "late");
+    b.wait_for("the new Service in DNS", Duration::from_secs(10), |b| {
+        nslookup(b, &["-type=A", "late.default.svc.cluster.local"]).1.contains(&format!("Address: {late}"))
+    });
 }

@@ -32,12 +32,13 @@ fn stage(b: &SysBox) {
     b.put(Path::new("/usr/bin/kubectl"), "/usr/bin/kubectl", 0o755);
 }
 
-/// What the uninstaller must restore: interfaces, the packet filter, mounts, and the files
+/// What the uninstaller must restore: interfaces and addresses, the packet filter, mounts, and the files
 /// under /etc, /var/lib and /usr/local/bin (systemd's own bookkeeping aside).
 fn snapshot(b: &SysBox) -> BTreeMap<&'static str, String> {
     let mut s = BTreeMap::new();
     s.insert("links", b.ok("ip -o link | sed 's/^[0-9]*: //; s/ .*//' | sort"));
     s.insert("nft", b.ok("nft list ruleset"));
+    s.insert("addresses", b.ok("ip -o addr | awk '{print $2, $4}' | sort"));
     s.insert("mounts", b.ok("awk '{print $2}' /proc/self/mounts | sort"));
     s.insert(
         "files",

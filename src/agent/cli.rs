@@ -22,13 +22,7 @@ pub fn run_blocking(flags: AgentFlags) -> i32 {
         return 1;
     }
     if flags.cleanup {
-        return match crate::netproxy::cleanup() {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("skiff: {e}");
-                1
-            }
-        };
+        return cleanup(&cfg);
     }
     if let Err(unfit) = crate::checkconfig::ensure_node_fit(cfg.runtime_endpoint.is_none()) {
         unfit.print();
@@ -82,6 +76,25 @@ pub fn run_blocking(flags: AgentFlags) -> i32 {
 
 /// The node's client, the service proxy's, the kubelet API's TLS identity and the renewer of a
 /// joined node's certificates.
+/// `skiff agent --cleanup`: removes the service proxy's tables and the cluster DNS address.
+fn cleanup(cfg: &AgentConfig) -> i32 {
+    let mut code = 0;
+    if let Err(e) = crate::netproxy::cleanup() {
+        eprintln!("skiff: {e}");
+        code = 1;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let removed = match rt {
+        Ok(rt) => rt.block_on(super::dns::remove_local_address(cfg.cluster_dns)).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = removed {
+        eprintln!("skiff: {e}");
+        code = 1;
+    }
+    code
+}
+
 type Connected = (kube::Client, Option<kube::Client>, super::KubeletTls, Option<super::bootstrap::Renewer>);
 
 /// The node's API client and kubelet TLS: from `--kubeconfig`, or by joining.

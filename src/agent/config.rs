@@ -39,6 +39,9 @@ pub struct NodeFlags {
     /// Run no service proxy on this node (another proxy serves Services here)
     #[arg(long, env = "SKIFF_DISABLE_KUBE_PROXY")]
     pub disable_kube_proxy: bool,
+    /// Resolver configuration naming the upstream DNS servers, for the cluster DNS and for pods with dnsPolicy Default [default: /etc/resolv.conf]
+    #[arg(long, env = "SKIFF_RESOLV_CONF", value_name = "FILE")]
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// `skiff agent` flags as parsed.
@@ -162,6 +165,8 @@ pub struct AgentConfig {
     pub kubelet: KubeletSettings,
     /// Run the service proxy.
     pub proxy: bool,
+    /// `--resolv-conf`: the upstream resolvers' file, if not the host's.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -247,6 +252,7 @@ impl NodeFlags {
             runtime_endpoint,
             kubelet: parse_kubelet_args(&self.kubelet_arg)?,
             proxy: !self.disable_kube_proxy,
+            resolv_conf: self.resolv_conf.clone(),
         })
     }
 }

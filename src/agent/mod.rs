@@ -6,8 +6,8 @@
 //! measurements), writes the CNI configuration once the node has a pod CIDR ([`cni`]), and runs
 //! the pod workers ([`pods`]), the static pods of `<data-dir>/agent/pod-manifests/`
 //! ([`static_pods`]), the kubelet API ([`kubelet_api`]), image garbage collection
-//! ([`image_gc`]), hard eviction ([`eviction`]) and the service proxy ([`crate::netproxy`]).
-//! [`config`] holds the flags.
+//! ([`image_gc`]), hard eviction ([`eviction`]), the service proxy ([`crate::netproxy`]) and
+//! the node-local cluster DNS ([`dns`]). [`config`] holds the flags.
 //!
 //! Invariant: an API client only (a [`kube::Client`], in-process inside `skiff server`, over
 //! HTTPS in `skiff agent`); it never sees the store. It speaks to containers only through the
@@ -151,7 +151,8 @@ pub async fn run(
         cfg: cfg.clone(),
         recorder,
         driver,
-        host_resolv: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        host_resolv: std::fs::read_to_string(cfg.resolv_conf.as_deref().unwrap_or("/etc/resolv.conf".as_ref()))
+            .unwrap_or_default(),
         pods_dir: agent_dir.join("pods"),
         logs_dir: agent_dir.join("logs"),
         index: Default::default(),
@@ -198,21 +199,50 @@ pub async fn run(
     let mirrors =
         static_pods::run(client.clone(), agent_dir.join("pod-manifests"), cfg.node_name.clone(), cancel.clone());
     let eviction = eviction::run(ctx.clone(), cancel.clone());
+    // EndpointSlices are read with the service proxy's identity: a node may not list them.
+    let slices = proxy_client.as_ref().map(|c| {
+        crate::runtime::Informer::spawn(
+            Api::all(c.clone()),
+            kube::runtime::watcher::Config::default(),
+            cancel.child_token(),
+        )
+    });
     let proxy = async {
-        match proxy_client {
-            Some(proxy_client) if cfg.proxy => {
+        match (&proxy_client, &slices) {
+            (Some(proxy_client), Some(slices)) if cfg.proxy => {
                 let proxy_cfg =
                     crate::netproxy::Config { node_name: cfg.node_name.clone(), skip_ips: vec![cfg.cluster_dns] };
-                crate::netproxy::run(proxy_client, proxy_cfg, ctx.services.clone(), cancel.clone()).await;
+                let services = ctx.services.clone();
+                crate::netproxy::run(proxy_client.clone(), proxy_cfg, services, slices.clone(), cancel.clone()).await;
             }
-            Some(_) => {}
-            None if cfg.proxy => {
+            (None, _) if cfg.proxy => {
                 tracing::warn!("no credentials for the service proxy: Services are not served on this node")
             }
-            None => {}
+            _ => {}
         }
     };
-    tokio::join!(heartbeat, workers, mirrors, kubelet_api, image_gc, eviction, proxy);
+    let cluster_dns = async {
+        let Some(slices) = &slices else { return };
+        // Noted first, so the uninstaller knows what to take off the loopback interface.
+        let prefix = if cfg.cluster_dns.is_ipv4() { 32 } else { 128 };
+        let note = cfg.agent_dir().join("cluster-dns-address");
+        if let Err(e) = std::fs::write(&note, format!("{}/{prefix}\n", cfg.cluster_dns)) {
+            tracing::warn!(file = %note.display(), error = %e, "cannot note the cluster DNS address");
+        }
+        if let Err(e) = dns::add_local_address(cfg.cluster_dns).await {
+            tracing::error!(error = %e, "the cluster DNS address is not on this node: pods here cannot resolve names");
+            return;
+        }
+        let dns_cfg = dns::Config {
+            listen: vec![std::net::SocketAddr::new(cfg.cluster_dns, 53)],
+            domain: cfg.cluster_domain.clone(),
+            resolv_conf: cfg.resolv_conf.clone(),
+        };
+        if let Err(e) = dns::run(dns_cfg, ctx.services.clone(), slices.clone(), cancel.clone()).await {
+            tracing::error!(error = %e, "the cluster DNS stopped: pods here cannot resolve names");
+        }
+    };
+    tokio::join!(heartbeat, workers, mirrors, kubelet_api, image_gc, eviction, proxy, cluster_dns);
     if let Some(c) = containerd {
         c.stop().await;
     }

@@ -102,10 +102,15 @@ struct Applied {
     rules: Option<Ruleset>,
 }
 
-/// Runs the proxy until `cancel` fires. `services` may be an informer the caller already runs.
-pub async fn run(client: Client, cfg: Config, services: Arc<Informer<Service>>, cancel: CancellationToken) {
-    let slices: Arc<Informer<EndpointSlice>> =
-        Informer::spawn(Api::all(client.clone()), watcher::Config::default(), cancel.child_token());
+/// Runs the proxy until `cancel` fires. The Service and EndpointSlice informers may be shared
+/// with other components (the node-local DNS reads the same caches).
+pub async fn run(
+    client: Client,
+    cfg: Config,
+    services: Arc<Informer<Service>>,
+    slices: Arc<Informer<EndpointSlice>>,
+    cancel: CancellationToken,
+) {
     let nodes: Arc<Informer<Node>> = Informer::spawn(
         Api::all(client),
         watcher::Config::default().fields(&format!("metadata.name={}", cfg.node_name)),

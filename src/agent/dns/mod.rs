@@ -31,6 +31,32 @@ pub use records::{Records, SharedRecords};
 pub use server::{Sockets, serve};
 pub use upstream::Forwarder;
 
+/// Puts the cluster DNS address on this host's loopback interface (idempotent), so that it is
+/// a local address: pods' queries to it are delivered to [`run`]'s sockets without any rule,
+/// and the service proxy leaves the address alone.
+pub async fn add_local_address(ip: std::net::IpAddr) -> Result<(), DnsError> {
+    let prefix = if ip.is_ipv4() { 32 } else { 128 };
+    local_address("replace", &format!("{ip}/{prefix}")).await
+}
+
+/// Takes the cluster DNS address off the loopback interface again (`skiff agent --cleanup`).
+pub async fn remove_local_address(ip: std::net::IpAddr) -> Result<(), DnsError> {
+    let prefix = if ip.is_ipv4() { 32 } else { 128 };
+    local_address("del", &format!("{ip}/{prefix}")).await
+}
+
+async fn local_address(op: &str, cidr: &str) -> Result<(), DnsError> {
+    let out = tokio::process::Command::new("ip")
+        .args(["addr", op, cidr, "dev", "lo"])
+        .output()
+        .await
+        .map_err(|e| DnsError::Address(format!("cannot run ip (install iproute2): {e}")))?;
+    if out.status.success() || (op == "del" && String::from_utf8_lossy(&out.stderr).contains("Cannot assign")) {
+        return Ok(());
+    }
+    Err(DnsError::Address(format!("ip addr {op} {cidr} dev lo: {}", String::from_utf8_lossy(&out.stderr).trim())))
+}
+
 /// The cluster domain unless configured otherwise.
 pub const DEFAULT_DOMAIN: &str = "cluster.local";
 /// How long changes are gathered before the zone is rebuilt.
@@ -63,6 +89,8 @@ pub enum DnsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Address(String),
     #[error("invalid cluster domain {0:?}")]
     Domain(String),
     #[error("cannot read {}: {source}", path.display())]
