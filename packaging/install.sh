@@ -248,8 +248,11 @@ for f in /var/lib/cni/results/skiff-*; do
 done
 rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true
 
-# The pods' bridge (its veths go with the namespaces).
+# The pods' bridge (its veths go with the namespaces), the overlay's VXLAN device and the
+# routes to other nodes' pods (marked with protocol 83).
 ip link delete skiff0 2>/dev/null || true
+ip link delete skiff.1 2>/dev/null || true
+ip route flush proto 83 2>/dev/null || true
 
 # The cluster DNS address the agent put on the loopback interface (it notes which).
 if [ -f "$DATA_DIR/agent/cluster-dns-address" ]; then
@@ -260,6 +263,7 @@ fi
 if command -v nft >/dev/null 2>&1; then
     for family in ip ip6 inet; do
         nft delete table "$family" skiff 2>/dev/null || true
+        nft delete table "$family" skiff-overlay 2>/dev/null || true
     done
 fi
 

@@ -156,9 +156,13 @@ fn install_restart_upgrade_kill_and_uninstall_on_a_systemd_box() {
     b.wait_for("both pods Running", Duration::from_secs(90), web_running);
     let pods = containers(&b);
     assert_eq!(pods.0.len(), 4, "two sandboxes and two containers: {pods:?}");
-    // The pods' networking added packet-filter rules, which the uninstaller has to find.
+    // The pods' networking added packet-filter rules (the service proxy's and the pod egress
+    // tables), an overlay device and an address for the cluster DNS, which the uninstaller has
+    // to find.
     let ruleset = b.ok("nft list ruleset");
-    assert!(ruleset.contains("jump CNI-"), "no CNI rules for skiff's pods:\n{ruleset}");
+    assert!(ruleset.contains("table ip skiff {"), "no service proxy table:\n{ruleset}");
+    assert!(ruleset.contains("table ip skiff-overlay {"), "no pod egress table:\n{ruleset}");
+    assert!(b.ok("ip -o link").contains("skiff.1"), "no overlay device");
 
     // A restart of the service leaves the containers running.
     let pid = main_pid(&b);

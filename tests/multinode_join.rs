@@ -10,71 +10,14 @@
 //! Needs root, containerd, runc, the CNI plugins and busybox-static; without them each test
 //! prints why and passes without running.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod images;
 mod node;
 
-use node::{Box, Host, Lan};
-
-/// A `skiff agent` inside the box's namespace; SIGKILLed when dropped.
-struct Agent {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-fn agent_command(b: &Box, host: &Host, dir: &str, name: &str, port: u16, token: Option<&str>) -> Command {
-    let data = b.data_dir().join("agents").join(dir);
-    std::fs::create_dir_all(&data).expect("agent dir");
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/var/run/netns/{}", host.netns))
-        .arg(node::skiff_bin())
-        .arg("agent")
-        .args(["--server", &format!("https://{}:6443", b.node_ip)])
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--node-name", name, "--node-ip", &host.ip, "--kubelet-arg", &format!("port={port}")])
-        .args(node::HOST_INDEPENDENT_EVICTION)
-        .env_remove("SKIFF_TOKEN")
-        .env("SKIFF_LOG", "info,skiff::agent=debug")
-        .stdin(Stdio::null());
-    if let Some(t) = token {
-        cmd.args(["--token", t]);
-    }
-    cmd
-}
-
-impl Agent {
-    fn start(b: &Box, host: &Host, dir: &str, name: &str, port: u16, token: Option<&str>) -> Agent {
-        let log = b.dir.path().join(format!("agent-{dir}-{}.log", std::process::id() ^ port as u32));
-        let file = std::fs::File::create(&log).expect("agent log");
-        let child = agent_command(b, host, dir, name, port, token)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start skiff agent");
-        Agent { child: Some(child), log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use node::{Agent, Box, Host, Lan, agent_command, node_ready, server_token, wait_until};
 
 /// Runs an agent that is expected to stop by itself; (exit code, stderr).
 fn agent_exits(b: &Box, host: &Host, dir: &str, name: &str, token: &str) -> (i32, String) {
@@ -82,25 +25,8 @@ fn agent_exits(b: &Box, host: &Host, dir: &str, name: &str, token: &str) -> (i32
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-fn server_token(b: &Box) -> String {
-    std::fs::read_to_string(b.data_dir().join("server").join("token")).expect("token file").trim().to_string()
-}
-
-fn node_ready(b: &Box, name: &str) -> bool {
-    let out = b.kubectl(&["get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]);
-    String::from_utf8_lossy(&out.stdout) == "True"
-}
-
 fn csrs(b: &Box) -> Vec<serde_json::Value> {
     b.json(&["get", "csr"])["items"].as_array().cloned().unwrap_or_default()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool, log: impl Fn() -> String) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", node::tail(&log(), 60));
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn mode(p: &Path) -> u32 {

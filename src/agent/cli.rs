@@ -76,10 +76,15 @@ pub fn run_blocking(flags: AgentFlags) -> i32 {
 
 /// The node's client, the service proxy's, the kubelet API's TLS identity and the renewer of a
 /// joined node's certificates.
-/// `skiff agent --cleanup`: removes the service proxy's tables and the cluster DNS address.
+/// `skiff agent --cleanup`: removes the service proxy's tables, the overlay's device, routes and
+/// table, and the cluster DNS address.
 fn cleanup(cfg: &AgentConfig) -> i32 {
     let mut code = 0;
     if let Err(e) = crate::netproxy::cleanup() {
+        eprintln!("skiff: {e}");
+        code = 1;
+    }
+    if let Err(e) = super::overlay::cleanup() {
         eprintln!("skiff: {e}");
         code = 1;
     }

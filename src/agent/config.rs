@@ -39,6 +39,9 @@ pub struct NodeFlags {
     /// Run no service proxy on this node (another proxy serves Services here)
     #[arg(long, env = "SKIFF_DISABLE_KUBE_PROXY")]
     pub disable_kube_proxy: bool,
+    /// How pod traffic crosses between nodes: vxlan, host-gw (all nodes on one L2 segment) or none [default: vxlan]
+    #[arg(long, env = "SKIFF_OVERLAY", value_name = "BACKEND")]
+    pub overlay: Option<crate::agent::overlay::Backend>,
     /// Resolver configuration naming the upstream DNS servers, for the cluster DNS and for pods with dnsPolicy Default [default: /etc/resolv.conf]
     #[arg(long, env = "SKIFF_RESOLV_CONF", value_name = "FILE")]
     pub resolv_conf: Option<PathBuf>,
@@ -167,6 +170,8 @@ pub struct AgentConfig {
     pub proxy: bool,
     /// `--resolv-conf`: the upstream resolvers' file, if not the host's.
     pub resolv_conf: Option<PathBuf>,
+    /// `--overlay`.
+    pub overlay: crate::agent::overlay::Backend,
 }
 
 impl AgentConfig {
@@ -253,6 +258,7 @@ impl NodeFlags {
             kubelet: parse_kubelet_args(&self.kubelet_arg)?,
             proxy: !self.disable_kube_proxy,
             resolv_conf: self.resolv_conf.clone(),
+            overlay: self.overlay.unwrap_or(crate::agent::overlay::Backend::Vxlan),
         })
     }
 }

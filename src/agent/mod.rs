@@ -7,7 +7,8 @@
 //! the pod workers ([`pods`]), the static pods of `<data-dir>/agent/pod-manifests/`
 //! ([`static_pods`]), the kubelet API ([`kubelet_api`]), image garbage collection
 //! ([`image_gc`]), hard eviction ([`eviction`]), the service proxy ([`crate::netproxy`]) and
-//! the node-local cluster DNS ([`dns`]). [`config`] holds the flags.
+//! the node-local cluster DNS ([`dns`]) and the pod network between nodes ([`overlay`]).
+//! [`config`] holds the flags.
 //!
 //! Invariant: an API client only (a [`kube::Client`], in-process inside `skiff server`, over
 //! HTTPS in `skiff agent`); it never sees the store. It speaks to containers only through the
@@ -23,6 +24,7 @@ pub mod host;
 pub mod image_gc;
 pub mod kubelet_api;
 pub mod node;
+pub mod overlay;
 pub mod pods;
 pub mod reviews;
 pub mod static_pods;
@@ -221,6 +223,14 @@ pub async fn run(
             _ => {}
         }
     };
+    let overlay_cfg =
+        overlay::Config { node_name: cfg.node_name.clone(), node_ip: cfg.node_ips[0], backend: cfg.overlay };
+    let pod_network = async {
+        match &proxy_client {
+            Some(reader) => overlay::run(client.clone(), reader.clone(), overlay_cfg, cancel.clone()).await,
+            None => tracing::warn!("no credentials to read the other nodes: pods here reach no other node's pods"),
+        }
+    };
     let cluster_dns = async {
         let Some(slices) = &slices else { return };
         // Noted first, so the uninstaller knows what to take off the loopback interface.
@@ -242,7 +252,7 @@ pub async fn run(
             tracing::error!(error = %e, "the cluster DNS stopped: pods here cannot resolve names");
         }
     };
-    tokio::join!(heartbeat, workers, mirrors, kubelet_api, image_gc, eviction, proxy, cluster_dns);
+    tokio::join!(heartbeat, workers, mirrors, kubelet_api, image_gc, eviction, proxy, cluster_dns, pod_network);
     if let Some(c) = containerd {
         c.stop().await;
     }
@@ -265,7 +275,9 @@ async fn configure_network(
         if let Some(cidr) = cidr {
             let conf_dir = cni_conf_dir(cfg);
             let ipam = cfg.agent_dir().join("cni").join("ipam");
-            match tokio::task::spawn_blocking(move || cni::write(&conf_dir, &cidr, &ipam)).await {
+            // VXLAN costs 50 bytes of every packet (flannel's MTU for it).
+            let mtu = (cfg.overlay == overlay::Backend::Vxlan).then_some(1450);
+            match tokio::task::spawn_blocking(move || cni::write(&conf_dir, &cidr, &ipam, mtu)).await {
                 Ok(Ok(path)) => {
                     tracing::debug!(file = %path.display(), "CNI configuration written");
                     // containerd picks the file up by itself; wake the heartbeat once it has.

@@ -486,3 +486,80 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A `skiff agent` inside the box's namespace; SIGKILLed when dropped.
+pub struct Agent {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+pub fn agent_command(b: &Box, host: &Host, dir: &str, name: &str, port: u16, token: Option<&str>) -> Command {
+    let data = b.data_dir().join("agents").join(dir);
+    std::fs::create_dir_all(&data).expect("agent dir");
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/var/run/netns/{}", host.netns))
+        .arg(skiff_bin())
+        .arg("agent")
+        .args(["--server", &format!("https://{}:6443", b.node_ip)])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--node-name", name, "--node-ip", &host.ip, "--kubelet-arg", &format!("port={port}")])
+        .args(HOST_INDEPENDENT_EVICTION)
+        .env_remove("SKIFF_TOKEN")
+        .env("SKIFF_LOG", "info,skiff::agent=debug")
+        .stdin(Stdio::null());
+    if let Some(t) = token {
+        cmd.args(["--token", t]);
+    }
+    cmd
+}
+
+impl Agent {
+    pub fn start(b: &Box, host: &Host, dir: &str, name: &str, port: u16, token: Option<&str>) -> Agent {
+        let log = b.dir.path().join(format!("agent-{dir}-{}.log", std::process::id() ^ port as u32));
+        let file = std::fs::File::create(&log).expect("agent log");
+        let child = agent_command(b, host, dir, name, port, token)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start skiff agent");
+        Agent { child: Some(child), log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The server's join token.
+pub fn server_token(b: &Box) -> String {
+    std::fs::read_to_string(b.data_dir().join("server").join("token")).expect("token file").trim().to_string()
+}
+
+/// Whether the node reports Ready.
+pub fn node_ready(b: &Box, name: &str) -> bool {
+    let out = b.kubectl(&["get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]);
+    String::from_utf8_lossy(&out.stdout) == "True"
+}
+
+/// Polls `check` every 200 ms; panics with the tail of `log` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool, log: impl Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", tail(&log(), 60));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
