@@ -52,10 +52,18 @@ fn manifests() -> String {
         }
         serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec})
     };
+    let echo = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "echo", "labels": {"app": "echo"}},
+        "spec": {"containers": [{"name": "echo", "image": "busybox",
+                    "command": ["sh", "-c", "while true; do nc -l -p 9000 -e cat; done"],
+                    "ports": [{"name": "echo", "containerPort": 9000}]}],
+                 "terminationGracePeriodSeconds": 1},
+    });
     let docs = [
         web,
         solo,
         client,
+        echo,
         svc("web", "web", serde_json::json!({})),
         svc(
             "web-np",
@@ -70,6 +78,7 @@ fn manifests() -> String {
         svc("web-sticky", "web", serde_json::json!({"sessionAffinity": "ClientIP"})),
         svc("solo", "solo", serde_json::json!({})),
         svc("nothing", "nothing", serde_json::json!({})),
+        svc("echo", "echo", serde_json::json!({"ports": [{"name": "echo", "port": 9000, "targetPort": "echo"}]})),
     ];
     docs.iter().map(|d| serde_yaml::to_string(d).expect("yaml")).collect::<Vec<_>>().join("---\n")
 }
@@ -101,6 +110,43 @@ fn pod_get(b: &Box, pod: &str, url: &str) -> (bool, String) {
     get(b, Some(pod), url)
 }
 
+/// A TCP connection from the box's host through busybox's `nc`, which echoes lines back.
+struct Connection {
+    child: node::KillOnDrop,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Connection {
+    fn open(b: &Box, host: &str, port: u16) -> Connection {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", b.netns))
+            .args(["busybox", "nc", host, &port.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nc");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Connection { child: node::KillOnDrop(child), lines }
+    }
+
+    /// Sends a line and waits up to 10 s for its echo.
+    fn round_trip(&mut self, line: &str) -> Option<String> {
+        use std::io::Write;
+        let stdin = self.child.0.stdin.as_mut()?;
+        stdin.write_all(format!("{line}\n").as_bytes()).ok()?;
+        stdin.flush().ok()?;
+        self.lines.recv_timeout(Duration::from_secs(10)).ok()
+    }
+}
+
 fn cluster_ip(b: &Box, svc: &str) -> String {
     b.ok(&["get", "service", svc, "-o", "jsonpath={.spec.clusterIP}"])
 }
@@ -110,7 +156,7 @@ fn cluster_ips_node_ports_and_load_balancers_reach_the_pods() {
     require_node!();
     let mut b = Box::start("svc");
     b.apply(&manifests());
-    b.wait_for("the web pods, solo and client Ready", T, |b| {
+    b.wait_for("the web pods, solo, echo and client Ready", T, |b| {
         let out = b.kubectl(&[
             "get",
             "pods",
@@ -118,7 +164,7 @@ fn cluster_ips_node_ports_and_load_balancers_reach_the_pods() {
             "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
         ]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.lines().filter(|l| *l == "True").count() == 4
+        text.lines().filter(|l| *l == "True").count() == 5
     });
     let pods: BTreeSet<String> = b
         .ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.name}"])
@@ -201,6 +247,18 @@ fn cluster_ips_node_ports_and_load_balancers_reach_the_pods() {
     });
     b.ok(&["scale", "deployment", "web", "--replicas=1"]);
     b.wait_for("the cluster IP to answer again", T, |b| host_get(b, &format!("http://{web}/")).0);
+
+    // A connection through a cluster IP outlives a restart of skiff: the restarted proxy
+    // replaces its table, and the connection keeps its NAT in conntrack.
+    let echo = cluster_ip(&b, "echo");
+    let mut conn = Connection::open(&b, &echo, 9000);
+    assert_eq!(conn.round_trip("before"), Some("before".to_string()));
+    b.kill9();
+    b.launch();
+    b.wait_for("the proxy's first sync after the restart", T, |b| {
+        b.log().matches("service proxy rules replaced").count() >= 2
+    });
+    assert_eq!(conn.round_trip("after"), Some("after".to_string()), "the connection broke with the restart");
 
     // The rules are skiff's own table; `skiff agent --cleanup` removes them.
     let lo = String::from_utf8_lossy(&b.exec("ip", &["-o", "addr", "show", "dev", "lo"]).stdout).into_owned();

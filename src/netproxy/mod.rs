@@ -185,9 +185,21 @@ pub async fn run(
                 continue;
             }
             let lines = script.lines().count();
+            let whole = a.rules.is_none();
             match tokio::task::spawn_blocking(move || apply(&script)).await {
                 Ok(Ok(())) => {
-                    tracing::debug!(family = a.family.name(), lines, elapsed = ?started.elapsed(), "service rules applied");
+                    let (family, elapsed) = (a.family.name(), started.elapsed());
+                    if whole {
+                        tracing::info!(
+                            family,
+                            ports = new_model.len(),
+                            lines,
+                            ?elapsed,
+                            "service proxy rules replaced"
+                        );
+                    } else {
+                        tracing::debug!(family, lines, ?elapsed, "service rules applied");
+                    }
                     a.rules = Some(rules);
                 }
                 Ok(Err(e)) => {
