@@ -95,6 +95,25 @@ fn malformed_and_invalid_bodies() {
         svc("far", r#"{"clusterIP":"10.96.0.5","ports":[{"port":80}]}"#).as_bytes(),
     );
     assert_eq!(r.status, 422, "{}", r.text());
+    // An ExternalName must be a DNS name (a trailing dot allowed), as upstream checks.
+    let r = send(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        &json,
+        svc("ext", r#"{"type":"ExternalName","externalName":"not_valid!"}"#).as_bytes(),
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(
+        r.json()["message"],
+        "Service \"ext\" is invalid: spec.externalName: Invalid value: \"not_valid!\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+    );
+    let r = send(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        &json,
+        svc("ext", r#"{"type":"ExternalName","externalName":"db.example.org."}"#).as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
     let r = send(
         "POST",
         "/api/v1/namespaces/default/services",

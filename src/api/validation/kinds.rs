@@ -350,8 +350,14 @@ fn service(obj: &Value, errs: &mut Vec<FieldError>) {
     let ports = arr(obj, "/spec/ports");
     if t == "ExternalName" {
         let name = get(obj, "/spec/externalName").and_then(|n| n.as_str()).unwrap_or("");
-        if name.is_empty() {
+        // A CNAME target; a trailing dot marks it fully qualified, as upstream allows.
+        let cname = name.strip_suffix('.').unwrap_or(name);
+        if cname.is_empty() {
             errs.push(FieldError::required("spec.externalName", ""));
+        } else {
+            for e in names::dns1123_subdomain(cname) {
+                errs.push(FieldError::invalid("spec.externalName", json!(cname), e));
+            }
         }
     } else if ports.is_empty() && !headless {
         errs.push(FieldError::required("spec.ports", ""));
