@@ -156,16 +156,7 @@ fn cluster_ips_node_ports_and_load_balancers_reach_the_pods() {
     require_node!();
     let mut b = Box::start("svc");
     b.apply(&manifests());
-    b.wait_for("the web pods, solo, echo and client Ready", T, |b| {
-        let out = b.kubectl(&[
-            "get",
-            "pods",
-            "-o",
-            "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.lines().filter(|l| *l == "True").count() == 5
-    });
+    b.wait_for("the web pods, solo, echo and client Ready", T, |b| b.ready_pods() == 5);
     let pods: BTreeSet<String> = b
         .ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.name}"])
         .split_whitespace()
@@ -345,7 +336,7 @@ fn pods_resolve_services_statefulset_pods_and_outside_names() {
             "spec": {"type": "ExternalName", "externalName": "outside.example"}}),
         db,
     ];
-    b.apply(&docs.iter().map(|d| serde_yaml::to_string(d).expect("yaml")).collect::<Vec<_>>().join("---\n"));
+    b.apply_all(&docs);
     b.wait_for("client, db-0 and db-1 Ready", T, |b| {
         ["client", "db-0", "db-1"].iter().all(|p| {
             b.pod(p).is_some_and(|p| {

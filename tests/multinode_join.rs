@@ -460,10 +460,7 @@ fn a_node_reaches_only_what_its_own_pods_use() {
     let (a1_host, a2_host) = (lan.host("a1"), lan.host("a2"));
     let token = server_token(&b);
     for dir in ["a1", "a2"] {
-        let images = b.data_dir().join("agents").join(dir).join("agent").join("images");
-        std::fs::create_dir_all(&images).expect("images dir");
-        std::fs::write(images.join("busybox.tar"), images::oci_archive("docker.io/library/busybox:latest"))
-            .expect("image archive");
+        Agent::give_images(&b, dir);
     }
     let a1 = Agent::start(&b, &a1_host, "a1", "a1", 20261, Some(&token));
     let a2 = Agent::start(&b, &a2_host, "a2", "a2", 20262, Some(&token));

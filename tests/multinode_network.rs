@@ -82,10 +82,7 @@ fn pods_and_services_span_three_nodes() {
     let (h1, h2) = (lan.host("n1"), lan.host("n2"));
     let token = server_token(&b);
     for dir in ["n1", "n2"] {
-        let images = b.data_dir().join("agents").join(dir).join("agent").join("images");
-        std::fs::create_dir_all(&images).expect("images dir");
-        std::fs::write(images.join("busybox.tar"), images::oci_archive("docker.io/library/busybox:latest"))
-            .expect("image archive");
+        Agent::give_images(&b, dir);
     }
     let a1 = Agent::start(&b, &h1, "n1", "n1", 20351, Some(&token));
     let mut a2 = Agent::start(&b, &h2, "n2", "n2", 20352, Some(&token));
@@ -110,16 +107,8 @@ fn pods_and_services_span_three_nodes() {
         serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "spread"},
             "spec": {"clusterIP": "None", "selector": {"app": "spread"}, "ports": [{"name": "http", "port": 8080}]}}),
     ];
-    b.apply(&docs.iter().map(|d| serde_yaml::to_string(d).expect("yaml")).collect::<Vec<_>>().join("---\n"));
-    b.wait_for("five pods Ready", T, |b| {
-        let out = b.kubectl(&[
-            "get",
-            "pods",
-            "-o",
-            "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
-        ]);
-        String::from_utf8_lossy(&out.stdout).lines().filter(|l| *l == "True").count() == 5
-    });
+    b.apply_all(&docs);
+    b.wait_for("five pods Ready", T, |b| b.ready_pods() == 5);
     let (echo_ip, client_n2_ip) = (pod_ip(&b, "echo-n1"), pod_ip(&b, "client-n2"));
 
     // Pod to pod across nodes, with the client's own address.

@@ -361,6 +361,22 @@ impl Box {
         }
     }
 
+    /// How many pods of the default namespace are Ready.
+    pub fn ready_pods(&self) -> usize {
+        let out = self.kubectl(&[
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+        ]);
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| *l == "True").count()
+    }
+
+    /// Applies JSON documents as one multi-document YAML manifest.
+    pub fn apply_all(&self, docs: &[serde_json::Value]) {
+        self.apply(&docs.iter().map(|d| serde_yaml::to_string(d).expect("yaml")).collect::<Vec<_>>().join("---\n"));
+    }
+
     /// The pod as JSON, if it exists.
     pub fn pod(&self, name: &str) -> Option<serde_json::Value> {
         let out = self.kubectl(&["get", "pod", name, "-o", "json"]);
@@ -528,6 +544,15 @@ impl Agent {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Puts the test image into the images folder of the agent that will run in `dir`, so its
+    /// pods can start without a registry.
+    pub fn give_images(b: &Box, dir: &str) {
+        let images = b.data_dir().join("agents").join(dir).join("agent").join("images");
+        std::fs::create_dir_all(&images).expect("images dir");
+        std::fs::write(images.join("busybox.tar"), crate::images::oci_archive("docker.io/library/busybox:latest"))
+            .expect("image archive");
     }
 
     pub fn kill(&mut self) {

@@ -2,9 +2,8 @@
 //! the host match what it is given and removes the entries it owns that are not asked for.
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use super::plan::Peer;
 use super::{DEVICE, OverlayError, ROUTE_PROTO, VNI, VXLAN_PORT};
@@ -119,22 +118,7 @@ pub fn sync_routes(peers: &[Peer], dev: Option<&str>) -> Result<(), OverlayError
     Ok(())
 }
 
-/// Applies an nftables script in one transaction.
+/// Applies an nftables script in one transaction (with the service proxy's runner).
 pub fn apply_nft(script: &str) -> Result<(), OverlayError> {
-    let cmd = "nft -f -".to_string();
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| OverlayError::Spawn { cmd: cmd.clone(), source })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).map_err(|source| OverlayError::Spawn { cmd: cmd.clone(), source })?;
-    }
-    let out = child.wait_with_output().map_err(|source| OverlayError::Spawn { cmd: cmd.clone(), source })?;
-    if !out.status.success() {
-        return Err(OverlayError::Failed { cmd, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
-    }
-    Ok(())
+    crate::netproxy::apply(script).map_err(|e| OverlayError::Failed { cmd: "nft -f -".into(), stderr: e.to_string() })
 }
