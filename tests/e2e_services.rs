@@ -375,6 +375,14 @@ fn pods_resolve_services_statefulset_pods_and_outside_names() {
     let (ok, out) = nslookup(&b, &["-type=A", "ext.default.svc.cluster.local"]);
     assert!(ok && out.contains("outside.example") && out.contains("192.0.2.44"), "{out}");
 
+    // The cluster DNS address is held by kube-system/kube-dns, as clients expect, and named.
+    assert_eq!(
+        b.ok(&["get", "service", "-n", "kube-system", "kube-dns", "-o", "jsonpath={.spec.clusterIP}"]),
+        "10.43.0.10"
+    );
+    let (ok, out) = nslookup(&b, &["-type=PTR", "10.0.43.10.in-addr.arpa"]);
+    assert!(ok && out.contains("kube-dns.kube-system.svc.cluster.local"), "{out}");
+
     // A new Service is answered as soon as it exists.
     b.ok(&["create", "service", "clusterip", "late", "--tcp=80:8080"]);
     let late = cluster_ip(&b, "late");

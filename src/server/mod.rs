@@ -148,7 +148,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         )),
     });
     api.openapi.spawn_build();
-    apiserver::bootstrap::run(&api.objects, cfg.first_service_ip(), cfg.advertise_address, port)
+    apiserver::bootstrap::run(&api.objects, cfg.first_service_ip(), cfg.advertise_address, port, cfg.cluster_dns)
         .await
         .map_err(|e| anyhow::anyhow!("cannot create bootstrap objects: {}", e.message))?;
     auth::bootstrap::reconcile(&api.objects)

@@ -1,5 +1,6 @@
-//! Objects every cluster has: the four system namespaces and the `default/kubernetes`
-//! Service with its Endpoints and EndpointSlice pointing at the API server.
+//! Objects every cluster has: the four system namespaces, the `default/kubernetes` Service with
+//! its Endpoints and EndpointSlice pointing at the API server, and `kube-system/kube-dns`, which
+//! holds the cluster DNS address (every node answers on it itself, so it selects no pods).
 //!
 //! Runs at every start and converges: missing objects are created, a moved advertise address
 //! or port is updated, nothing else is touched.
@@ -77,7 +78,13 @@ async fn ensure(
 }
 
 /// Creates or repairs the bootstrap objects.
-pub async fn run(objects: &Objects, service_ip: IpAddr, advertise: IpAddr, port: u16) -> Result<(), ApiError> {
+pub async fn run(
+    objects: &Objects,
+    service_ip: IpAddr,
+    advertise: IpAddr,
+    port: u16,
+    cluster_dns: IpAddr,
+) -> Result<(), ApiError> {
     for ns in SYSTEM_NAMESPACES {
         ensure(
             objects,
@@ -161,6 +168,33 @@ pub async fn run(objects: &Objects, service_ip: IpAddr, advertise: IpAddr, port:
         &["endpoints", "ports", "addressType"],
     )
     .await?;
+    // The cluster DNS address, reserved by the Service clients look for (`k8s-app=kube-dns`).
+    let dns = ensure(
+        objects,
+        "services",
+        "",
+        "kube-system",
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {
+                "k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true", "kubernetes.io/name": "KubeDNS"}},
+            "spec": {
+                "type": "ClusterIP",
+                "clusterIP": cluster_dns.to_string(),
+                "ports": [
+                    {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                    {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                ],
+            },
+        }),
+        &[],
+    )
+    .await;
+    if let Err(e) = dns {
+        // Another Service holds the address (created before this one existed): DNS still works,
+        // but that Service is not proxied. Say so rather than refuse to start.
+        tracing::warn!(error = %e.message, "cannot create kube-system/kube-dns for the cluster DNS address");
+    }
     Ok(())
 }
 
