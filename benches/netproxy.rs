@@ -20,7 +20,8 @@ use std::time::Instant;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use skiff::netproxy::model::{self, NodeView};
-use skiff::netproxy::nft::{self, Family, Local};
+use skiff::netproxy::nft;
+use skiff::netproxy::{Family, Local};
 
 const SERVICES: usize = 1_000;
 const ENDPOINTS: usize = 10;

@@ -268,7 +268,8 @@ if command -v nft >/dev/null 2>&1; then
 fi
 
 # Rules the CNI plugins added for skiff's pods carry the network's name ("skiff") in a comment;
-# they go, with the per-pod chains they jump to. Shared chains of the plugins go when nothing
+# they go, with the per-pod chains they jump to, and so do the service proxy's SKIFF- chains
+# (its iptables backend) and its jumps into them. Shared chains of the plugins go when nothing
 # else uses them.
 clean_iptables() {
     save=$1
@@ -282,6 +283,8 @@ clean_iptables() {
         }
         { lines[NR] = $0 }
         /^-A / && /name: \\"skiff\\"/ { mine[NR] = 1; t = target($0); if (t ~ /^CNI-(DN-)?[0-9a-f]+$/) dead[t] = 1 }
+        # The iptables backend of the service proxy: its SKIFF- chains and the jumps into them.
+        /^-A SKIFF-/ || /^-A .*--comment "skiff service proxy"/ { mine[NR] = 1 }
         END {
             # Rules inside dead chains go too.
             for (i = 1; i <= NR; i++) { split(lines[i], w, " "); if (w[1] == "-A" && (w[2] in dead)) mine[i] = 1 }
@@ -300,7 +303,7 @@ clean_iptables() {
                 split(line, w, " ")
                 if (w[1] == "-A" && (w[2] in shared)) continue
                 if (w[1] == "-A" && (target(line) in shared)) continue
-                if (substr(w[1], 1, 1) == ":") { c = substr(w[1], 2); if ((c in dead) || (c in shared)) continue }
+                if (substr(w[1], 1, 1) == ":") { c = substr(w[1], 2); if ((c in dead) || (c in shared) || c ~ /^SKIFF-/) continue }
                 print line
             }
         }' | "$restore" 2>/dev/null || true

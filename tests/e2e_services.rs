@@ -1,6 +1,7 @@
-//! Services on a real node: the service proxy's nftables rules carry traffic from the host and
-//! from pods to cluster IPs, node ports and load-balancer addresses, refuse traffic to Services
-//! without endpoints, keep ClientIP affinity, and let a pod reach itself through its Service.
+//! Services on a real node: the service proxy's rules (nftables, and the same again with the
+//! iptables backend) carry traffic from the host and from pods to cluster IPs, node ports and
+//! load-balancer addresses, refuse traffic to Services without endpoints, keep ClientIP
+//! affinity, and let a pod reach itself through its Service.
 //! `skiff server` runs with its agent and containerd in a network namespace of the test's own.
 //!
 //! Needs root, containerd, runc, the CNI plugins, nftables and busybox-static (CI installs
@@ -151,10 +152,45 @@ fn cluster_ip(b: &Box, svc: &str) -> String {
     b.ok(&["get", "service", svc, "-o", "jsonpath={.spec.clusterIP}"])
 }
 
+/// Which of the proxy's backends a test runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Backend {
+    Nftables,
+    Iptables,
+}
+
+impl Backend {
+    /// Whether the backend's rules are on the box: skiff's nftables table, or its chains and
+    /// the jumps into them.
+    fn rules_present(self, b: &Box) -> bool {
+        match self {
+            Backend::Nftables => b.exec("nft", &["list", "table", "ip", "skiff"]).status.success(),
+            Backend::Iptables => {
+                let saved = String::from_utf8_lossy(&b.exec("iptables-save", &[]).stdout).into_owned();
+                saved.contains(":SKIFF-SERVICES") || saved.contains("skiff service proxy")
+            }
+        }
+    }
+}
+
 #[test]
 fn cluster_ips_node_ports_and_load_balancers_reach_the_pods() {
     require_node!();
-    let mut b = Box::start("svc");
+    services_reach_the_pods(Backend::Nftables);
+}
+
+/// The same with `--proxy-mode iptables`: the iptables-restore backend renders the same model.
+#[test]
+fn the_iptables_backend_serves_the_same() {
+    require_node!();
+    services_reach_the_pods(Backend::Iptables);
+}
+
+fn services_reach_the_pods(backend: Backend) {
+    let mut b = match backend {
+        Backend::Nftables => Box::start("svc"),
+        Backend::Iptables => Box::start_with("svcipt", &["--proxy-mode", "iptables"]),
+    };
     b.apply(&manifests());
     b.wait_for("the web pods, solo, echo and client Ready", T, |b| b.ready_pods() == 5);
     let pods: BTreeSet<String> = b
@@ -251,18 +287,22 @@ fn cluster_ips_node_ports_and_load_balancers_reach_the_pods() {
     });
     assert_eq!(conn.round_trip("after"), Some("after".to_string()), "the connection broke with the restart");
 
-    // The rules are skiff's own table; `skiff agent --cleanup` removes them.
+    // The rules are the backend's own; `skiff agent --cleanup` removes them.
     let lo = String::from_utf8_lossy(&b.exec("ip", &["-o", "addr", "show", "dev", "lo"]).stdout).into_owned();
     assert!(lo.contains("10.43.0.10/32"), "the cluster DNS address is on lo: {lo}");
-    assert!(b.exec("nft", &["list", "table", "ip", "skiff"]).status.success());
+    assert!(backend.rules_present(&b));
+    let other = match backend {
+        Backend::Nftables => Backend::Iptables,
+        Backend::Iptables => Backend::Nftables,
+    };
+    assert!(!other.rules_present(&b), "only the chosen backend writes rules");
     b.ok(&["delete", "pods", "--all", "--grace-period=0", "--force", "--wait=false"]);
     b.ok(&["delete", "deployment", "web"]);
     b.terminate();
     let bin = node::skiff_bin();
     let out = b.exec(bin.to_str().expect("utf8"), &["agent", "--cleanup"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = b.exec("nft", &["list", "table", "ip", "skiff"]);
-    assert!(!out.status.success(), "the table is still there");
+    assert!(!backend.rules_present(&b), "the rules are still there");
     // So is the cluster DNS address the node answered on.
     let lo = String::from_utf8_lossy(&b.exec("ip", &["-o", "addr", "show", "dev", "lo"]).stdout).into_owned();
     assert!(!lo.contains("10.43.0.10"), "{lo}");

@@ -39,6 +39,9 @@ pub struct NodeFlags {
     /// Run no service proxy on this node (another proxy serves Services here)
     #[arg(long, env = "SKIFF_DISABLE_KUBE_PROXY")]
     pub disable_kube_proxy: bool,
+    /// How the service proxy programs the kernel: auto (nftables when it works, else iptables), nftables or iptables [default: auto]
+    #[arg(long, env = "SKIFF_PROXY_MODE", value_name = "MODE")]
+    pub proxy_mode: Option<crate::netproxy::Mode>,
     /// How pod traffic crosses between nodes: vxlan, host-gw (all nodes on one L2 segment) or none [default: vxlan]
     #[arg(long, env = "SKIFF_OVERLAY", value_name = "BACKEND")]
     pub overlay: Option<crate::agent::overlay::Backend>,
@@ -168,6 +171,8 @@ pub struct AgentConfig {
     pub kubelet: KubeletSettings,
     /// Run the service proxy.
     pub proxy: bool,
+    /// How the service proxy programs the kernel.
+    pub proxy_mode: crate::netproxy::Mode,
     /// `--resolv-conf`: the upstream resolvers' file, if not the host's.
     pub resolv_conf: Option<PathBuf>,
     /// `--overlay`.
@@ -257,6 +262,7 @@ impl NodeFlags {
             runtime_endpoint,
             kubelet: parse_kubelet_args(&self.kubelet_arg)?,
             proxy: !self.disable_kube_proxy,
+            proxy_mode: self.proxy_mode.unwrap_or(crate::netproxy::Mode::Auto),
             resolv_conf: self.resolv_conf.clone(),
             overlay: self.overlay.unwrap_or(crate::agent::overlay::Backend::Vxlan),
         })

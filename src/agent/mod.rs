@@ -212,8 +212,11 @@ pub async fn run(
     let proxy = async {
         match (&proxy_client, &slices) {
             (Some(proxy_client), Some(slices)) if cfg.proxy => {
-                let proxy_cfg =
-                    crate::netproxy::Config { node_name: cfg.node_name.clone(), skip_ips: vec![cfg.cluster_dns] };
+                let proxy_cfg = crate::netproxy::Config {
+                    node_name: cfg.node_name.clone(),
+                    skip_ips: vec![cfg.cluster_dns],
+                    mode: cfg.proxy_mode,
+                };
                 let services = ctx.services.clone();
                 crate::netproxy::run(proxy_client.clone(), proxy_cfg, services, slices.clone(), cancel.clone()).await;
             }

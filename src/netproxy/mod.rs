@@ -2,24 +2,26 @@
 //!
 //! Start at [`run`]. It watches Services, EndpointSlices and its own Node through informers,
 //! turns them into the [`model`] (one [`model::ServicePort`] per proxied port, endpoints
-//! chosen as upstream chooses them), renders that per address family with the [`nft`] backend
-//! and applies the difference to the rules applied last as one `nft -f -` transaction. After
-//! each update, [`conntrack`] deletes the UDP flows of endpoints that left.
+//! chosen as upstream chooses them), renders that per address family with a [`Backend`] and
+//! applies the difference to the rules applied last as one transaction: [`nft`] (`nft -f -`,
+//! the default) or [`iptables`] (`iptables-restore`, for hosts without nftables). After each
+//! update, [`conntrack`] deletes the UDP flows of endpoints that left.
 //!
 //! Invariants: an API client only (informers over a [`kube::Client`]), never the store; owns the
-//! `skiff` tables of the `ip` and `ip6` families and touches no other rule; never sends a
-//! packet itself. The node-local DNS address is left alone (the agent answers on it).
+//! `skiff` tables of the `ip` and `ip6` families (or the `SKIFF-` chains and the jumps into
+//! them) and touches no other rule; never sends a packet itself. The node-local DNS address is
+//! left alone (the agent answers on it).
 
 pub mod conntrack;
+pub mod iptables;
 pub mod model;
 pub mod nft;
 
-use std::io::Write as _;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher;
@@ -28,22 +30,104 @@ use tokio_util::sync::CancellationToken;
 
 use crate::runtime::Informer;
 use model::{NodeView, ServicePort};
-use nft::{Family, Local, Ruleset};
+pub use nft::apply;
 
 /// How long changes are gathered into one update once the first arrives.
 const BATCH: Duration = Duration::from_millis(30);
-/// How often the proxy checks that its tables are still there (and restores them if not).
+/// How often the proxy checks that its rules are still there (and restores them if not).
 const CHECK_EVERY: Duration = Duration::from_secs(30);
 /// The pause after a failed update before the next full one.
 const RETRY: Duration = Duration::from_secs(1);
+/// The packet mark bit that asks for masquerading (the bit upstream's proxies use).
+pub const MASQ_MARK: u32 = 0x4000;
 
 /// Errors of the proxy's boundary with the host.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("cannot run nft: {0} (install the nftables package)")]
-    Spawn(#[source] std::io::Error),
-    #[error("nft refused the update: {0}")]
-    Rejected(String),
+    #[error("cannot run {program}: {source} (install the {package} package)")]
+    Spawn {
+        program: String,
+        package: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} refused the update: {message}")]
+    Rejected { program: String, message: String },
+}
+
+/// How the proxy programs the kernel (`--proxy-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// nftables when it works on the host, else iptables.
+    Auto,
+    Nftables,
+    Iptables,
+}
+
+impl Mode {
+    /// The backend `auto` stands for on this host: nftables when `nft` answers, else iptables
+    /// when `iptables-save` does; `None` when neither works.
+    pub fn resolve(self) -> Option<Mode> {
+        match self {
+            Mode::Auto if nft::available() => Some(Mode::Nftables),
+            Mode::Auto if iptables::available() => Some(Mode::Iptables),
+            Mode::Auto => None,
+            m => Some(m),
+        }
+    }
+}
+
+/// An address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The nft family keyword, also the address expression's prefix.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+
+    fn has(self, ip: &IpAddr) -> bool {
+        ip.is_ipv4() == (self == Family::V4)
+    }
+
+    fn loopback(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.0/8",
+            Family::V6 => "::1/128",
+        }
+    }
+}
+
+/// Facts of the node the rules depend on, per family.
+#[derive(Debug, Clone)]
+pub struct Local {
+    pub family: Family,
+    /// The node's pod CIDR in this family: traffic from it is from a pod of this node.
+    pub pod_cidr: Option<IpNet>,
+    /// Node ports also answer on 127.0.0.1 (`route_localnet` is on).
+    pub localhost_nodeports: bool,
+}
+
+/// The first `chars` characters (at most 51) of the base-32 SHA-256 of `text`: keeps generated
+/// chain names unique and short.
+pub fn short_hash(text: &str, chars: usize) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let bytes = d.as_ref();
+    (0..chars.min(51))
+        .map(|i| {
+            let bit = i * 5;
+            let pair = u16::from(bytes[bit / 8]) << 8 | u16::from(*bytes.get(bit / 8 + 1).unwrap_or(&0));
+            ALPHABET[usize::from(pair >> (11 - bit % 8)) & 31] as char
+        })
+        .collect()
 }
 
 /// What the proxy needs to know of its node.
@@ -52,42 +136,83 @@ pub struct Config {
     pub node_name: String,
     /// Addresses the proxy leaves alone (the cluster DNS address the agent answers on).
     pub skip_ips: Vec<IpAddr>,
+    pub mode: Mode,
 }
 
-/// Runs `nft -f -` with `script`.
-pub fn apply(script: &str) -> Result<(), ProxyError> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(ProxyError::Spawn)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).map_err(ProxyError::Spawn)?;
+/// A way to put the model into the kernel: render it, and take the kernel from the rules
+/// applied last to new ones.
+trait Backend: Send + Sync + 'static {
+    type Rules: Clone + PartialEq + Send + Sync + 'static;
+    const NAME: &'static str;
+    fn render(ports: &[ServicePort], local: &Local) -> Self::Rules;
+    /// Whether the rules answer for no Service address (no IPv6 rules are made until some do).
+    fn is_empty(rules: &Self::Rules) -> bool;
+    /// Blocking. `old` is `None` when the kernel's state is unknown: replace it whole. Returns
+    /// how many lines the transaction had (0: nothing to do).
+    fn sync(old: Option<&Self::Rules>, new: &Self::Rules, local: &Local) -> Result<usize, ProxyError>;
+    /// Blocking: whether the rules of `family` are still in place.
+    fn present(family: Family) -> bool;
+}
+
+struct Nft;
+
+impl Backend for Nft {
+    type Rules = nft::Ruleset;
+    const NAME: &'static str = "nftables";
+    fn render(ports: &[ServicePort], local: &Local) -> nft::Ruleset {
+        nft::render(ports, local)
     }
-    let out = child.wait_with_output().map_err(ProxyError::Spawn)?;
-    if out.status.success() {
-        return Ok(());
+    fn is_empty(rules: &nft::Ruleset) -> bool {
+        rules.cluster_ips.is_empty()
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let first: Vec<&str> = stderr.lines().take(3).collect();
-    Err(ProxyError::Rejected(first.join(" | ")))
+    fn sync(old: Option<&nft::Ruleset>, new: &nft::Ruleset, local: &Local) -> Result<usize, ProxyError> {
+        let script = nft::script(old, new, local);
+        if !script.is_empty() {
+            nft::apply(&script)?;
+        }
+        Ok(script.lines().count())
+    }
+    fn present(family: Family) -> bool {
+        nft::present(family)
+    }
 }
 
-/// Whether the table of `family` still exists.
-fn table_exists(family: Family) -> bool {
-    Command::new("nft")
-        .args(["list", "chain", family.name(), nft::TABLE, "services"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+struct Iptables;
+
+impl Backend for Iptables {
+    type Rules = iptables::Ruleset;
+    const NAME: &'static str = "iptables";
+    fn render(ports: &[ServicePort], local: &Local) -> iptables::Ruleset {
+        iptables::render(ports, local)
+    }
+    fn is_empty(rules: &iptables::Ruleset) -> bool {
+        rules.addresses == 0
+    }
+    fn sync(old: Option<&iptables::Ruleset>, new: &iptables::Ruleset, local: &Local) -> Result<usize, ProxyError> {
+        let kernel = match old {
+            Some(_) => iptables::Kernel::default(),
+            None => iptables::read(local.family)?,
+        };
+        let script = iptables::script(old, new, &kernel);
+        if !script.is_empty() {
+            iptables::restore(local.family, &script)?;
+        }
+        Ok(script.lines().count())
+    }
+    fn present(family: Family) -> bool {
+        iptables::present(family)
+    }
 }
 
-/// Removes every rule the proxy made (`skiff agent --cleanup`).
+/// Removes every rule the proxy made with either backend (`skiff agent --cleanup`). A backend
+/// whose tools the host lacks has nothing to remove.
 pub fn cleanup() -> Result<(), ProxyError> {
-    apply(&nft::cleanup_script())
+    let nft = match nft::cleanup() {
+        Err(ProxyError::Spawn { .. }) => Ok(()),
+        r => r,
+    };
+    let ipt = iptables::cleanup();
+    nft.and(ipt)
 }
 
 /// Whether node ports may answer on 127.0.0.1: only when the kernel routes DNATed loopback
@@ -96,15 +221,32 @@ fn localhost_nodeports() -> bool {
     std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/route_localnet").is_ok_and(|v| v.trim() == "1")
 }
 
-/// One family's state: the ruleset the kernel has (`None`: unknown, replace it whole).
-struct Applied {
+/// One family's state: the rules the kernel has (`None`: unknown, replace them whole).
+struct Applied<R> {
     family: Family,
-    rules: Option<Ruleset>,
+    rules: Option<R>,
 }
 
 /// Runs the proxy until `cancel` fires. The Service and EndpointSlice informers may be shared
 /// with other components (the node-local DNS reads the same caches).
 pub async fn run(
+    client: Client,
+    cfg: Config,
+    services: Arc<Informer<Service>>,
+    slices: Arc<Informer<EndpointSlice>>,
+    cancel: CancellationToken,
+) {
+    let asked = cfg.mode;
+    match tokio::task::spawn_blocking(move || asked.resolve()).await.ok().flatten() {
+        Some(Mode::Iptables) => run_with::<Iptables>(client, cfg, services, slices, cancel).await,
+        Some(_) => run_with::<Nft>(client, cfg, services, slices, cancel).await,
+        None => tracing::error!(
+            "neither nft nor iptables-save works on this host: Services are not served on this node (install nftables)"
+        ),
+    }
+}
+
+async fn run_with<B: Backend>(
     client: Client,
     cfg: Config,
     services: Arc<Informer<Service>>,
@@ -122,7 +264,8 @@ pub async fn run(
     }
     let view = NodeView { name: cfg.node_name.clone(), skip_ips: cfg.skip_ips.clone() };
     let localhost = localhost_nodeports();
-    let mut applied = [Applied { family: Family::V4, rules: None }, Applied { family: Family::V6, rules: None }];
+    let mut applied: [Applied<B::Rules>; 2] =
+        [Applied { family: Family::V4, rules: None }, Applied { family: Family::V6, rules: None }];
     let mut model: Vec<ServicePort> = Vec::new();
     let mut first = true;
     loop {
@@ -134,11 +277,9 @@ pub async fn run(
                 c = crate::runtime::informer::next_change(&mut node_sub) => c.is_some(),
                 _ = tokio::time::sleep(CHECK_EVERY) => {
                     for a in &mut applied {
-                        if a.rules.is_some() && !tokio::task::spawn_blocking({
-                            let f = a.family;
-                            move || table_exists(f)
-                        }).await.unwrap_or(false) {
-                            tracing::warn!(family = a.family.name(), "the service proxy's table is gone; restoring it");
+                        let f = a.family;
+                        if a.rules.is_some() && !tokio::task::spawn_blocking(move || B::present(f)).await.unwrap_or(false) {
+                            tracing::warn!(family = f.name(), backend = B::NAME, "the service proxy's rules are gone; restoring them");
                             a.rules = None;
                         }
                     }
@@ -155,7 +296,7 @@ pub async fn run(
         }
         first = false;
         let node = nodes.get("", &cfg.node_name);
-        let pod_cidrs: Vec<ipnet::IpNet> = node
+        let pod_cidrs: Vec<IpNet> = node
             .as_ref()
             .and_then(|n| n.spec.as_ref())
             .map(|s| s.pod_cidrs.clone().unwrap_or_else(|| s.pod_cidr.iter().cloned().collect()))
@@ -169,29 +310,32 @@ pub async fn run(
         for a in &mut applied {
             let local = Local {
                 family: a.family,
-                pod_cidr: pod_cidrs
-                    .iter()
-                    .find(|c| matches!(c, ipnet::IpNet::V4(_)) == (a.family == Family::V4))
-                    .copied(),
+                pod_cidr: pod_cidrs.iter().find(|c| matches!(c, IpNet::V4(_)) == (a.family == Family::V4)).copied(),
                 localhost_nodeports: localhost,
             };
-            let rules = nft::render(&new_model, &local);
-            // An IPv6 table only once some Service has an IPv6 address.
-            if a.family == Family::V6 && a.rules.is_none() && rules.cluster_ips.is_empty() {
+            let rules = B::render(&new_model, &local);
+            // IPv6 rules only once some Service has an IPv6 address.
+            if a.family == Family::V6 && a.rules.is_none() && B::is_empty(&rules) {
                 continue;
             }
-            let script = nft::script(a.rules.as_ref(), &rules, &local);
-            if script.is_empty() {
+            if a.rules.as_ref() == Some(&rules) {
                 continue;
             }
-            let lines = script.lines().count();
-            let whole = a.rules.is_none();
-            match tokio::task::spawn_blocking(move || apply(&script)).await {
-                Ok(Ok(())) => {
-                    let (family, elapsed) = (a.family.name(), started.elapsed());
+            let old = a.rules.take();
+            let whole = old.is_none();
+            let synced = tokio::task::spawn_blocking(move || {
+                let r = B::sync(old.as_ref(), &rules, &local);
+                (r, rules)
+            })
+            .await;
+            let family = a.family.name();
+            match synced {
+                Ok((Ok(lines), rules)) => {
+                    let elapsed = started.elapsed();
                     if whole {
                         tracing::info!(
                             family,
+                            backend = B::NAME,
                             ports = new_model.len(),
                             lines,
                             ?elapsed,
@@ -202,9 +346,8 @@ pub async fn run(
                     }
                     a.rules = Some(rules);
                 }
-                Ok(Err(e)) => {
-                    tracing::error!(family = a.family.name(), error = %e, "cannot apply the service rules; replacing them whole");
-                    a.rules = None;
+                Ok((Err(e), _)) => {
+                    tracing::error!(family, error = %e, "cannot apply the service rules; replacing them whole");
                     failed = true;
                 }
                 Err(_) => return,

@@ -19,61 +19,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::IpAddr;
-
-use ipnet::IpNet;
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Command, Stdio};
 
 use super::model::{Endpoint, ServicePort};
+pub use super::{Family, Local};
+use super::{MASQ_MARK, ProxyError};
+
+/// Generated names carry 8 characters of hash: nft names may be long, and the readable part
+/// follows.
+fn hash(text: &str) -> String {
+    super::short_hash(text, 8)
+}
 
 /// The table both families use.
 pub const TABLE: &str = "skiff";
-/// The packet mark bit that asks for masquerading (the bit upstream's proxies use).
-pub const MASQ_MARK: u32 = 0x4000;
-
-/// An address family and what the node knows for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    /// The nft family keyword, also the address expression's prefix.
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::V4 => "ip",
-            Family::V6 => "ip6",
-        }
-    }
-
-    fn addr_type(self) -> &'static str {
-        match self {
-            Family::V4 => "ipv4_addr",
-            Family::V6 => "ipv6_addr",
-        }
-    }
-
-    fn has(self, ip: &IpAddr) -> bool {
-        ip.is_ipv4() == (self == Family::V4)
-    }
-
-    fn loopback(self) -> &'static str {
-        match self {
-            Family::V4 => "127.0.0.0/8",
-            Family::V6 => "::1",
-        }
-    }
-}
-
-/// Facts of the node the rules depend on, per family.
-#[derive(Debug, Clone)]
-pub struct Local {
-    pub family: Family,
-    /// The node's pod CIDR in this family: traffic from it is from a pod of this node.
-    pub pod_cidr: Option<IpNet>,
-    /// Node ports also answer on 127.0.0.1 (`route_localnet` is on).
-    pub localhost_nodeports: bool,
-}
 
 /// An affinity set: the client addresses recently sent to one endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,26 +56,62 @@ pub struct Ruleset {
 
 const MAPS: [&str; 4] = ["service-ips", "service-nodeports", "no-endpoint-services", "no-endpoint-nodeports"];
 
-/// Base-32 of a SHA-256, 8 characters: keeps generated names unique and short.
-fn hash(text: &str) -> String {
-    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    let mut bits: u64 = 0;
-    for b in &d.as_ref()[..5] {
-        bits = bits << 8 | u64::from(*b);
-    }
-    (0..8).map(|i| ALPHABET[((bits >> (35 - 5 * i)) & 31) as usize] as char).collect()
-}
-
 fn ip_text(ip: &IpAddr) -> String {
     ip.to_string().replace(':', ".")
 }
 
-fn dnat_target(ep: &Endpoint) -> String {
-    match ep.ip {
-        IpAddr::V4(ip) => format!("{ip}:{}", ep.port),
-        IpAddr::V6(ip) => format!("[{ip}]:{}", ep.port),
+fn addr_type(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ipv4_addr",
+        Family::V6 => "ipv6_addr",
     }
+}
+
+/// Runs `nft -f -` with `script`.
+pub fn apply(script: &str) -> Result<(), ProxyError> {
+    let spawn = |source| ProxyError::Spawn { program: "nft".into(), package: "nftables", source };
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).map_err(spawn)?;
+    }
+    let out = child.wait_with_output().map_err(spawn)?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first: Vec<&str> = stderr.lines().take(3).collect();
+    Err(ProxyError::Rejected { program: "nft".into(), message: first.join(" | ") })
+}
+
+/// Whether the table of `family` is still there.
+pub fn present(family: Family) -> bool {
+    Command::new("nft")
+        .args(["list", "chain", family.name(), TABLE, "services"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether nftables works on this host (the tool is there and the kernel answers).
+pub fn available() -> bool {
+    Command::new("nft")
+        .args(["list", "tables"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Removes both families' tables.
+pub fn cleanup() -> Result<(), ProxyError> {
+    apply(&cleanup_script())
 }
 
 /// Renders the model's ports for one family.
@@ -151,7 +148,7 @@ pub fn render(ports: &[ServicePort], local: &Local) -> Ruleset {
                     rs.sets.insert(set.clone(), AffinitySet { timeout });
                     rules.push(format!("update @{set} {{ {fam} saddr }}"));
                 }
-                rules.push(format!("meta l4proto {proto} dnat to {}", dnat_target(ep)));
+                rules.push(format!("meta l4proto {proto} dnat to {}", SocketAddr::new(ep.ip, ep.port)));
                 rs.chains.insert(chain.clone(), rules);
             }
             (chain, set)
@@ -228,7 +225,7 @@ pub fn render(ports: &[ServicePort], local: &Local) -> Ruleset {
 /// The chains and maps every table has, whatever the Services.
 fn skeleton(local: &Local) -> String {
     let fam = local.family.name();
-    let addr = local.family.addr_type();
+    let addr = addr_type(local.family);
     let t = format!("{fam} {TABLE}");
     let mut s = String::new();
     let _ = writeln!(s, "add table {t} {{ comment \"service proxy rules of skiff\" ; }}");
@@ -311,7 +308,7 @@ pub fn script(old: Option<&Ruleset>, new: &Ruleset, local: &Local) -> String {
         let _ = writeln!(
             s,
             "add set {t} {name} {{ type {} ; flags dynamic,timeout ; timeout {}s ; }}",
-            local.family.addr_type(),
+            addr_type(local.family),
             set.timeout
         );
     }
