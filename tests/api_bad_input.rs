@@ -150,6 +150,34 @@ fn malformed_and_invalid_bodies() {
         svc("np4", r#"{"type":"NodePort","ports":[{"port":80,"nodePort":30555}]}"#).as_bytes(),
     );
     assert_eq!(r.status, 201, "{}", r.text());
+    // A health-check node port belongs to LoadBalancers with externalTrafficPolicy Local only;
+    // those get one from the node-port range.
+    let r = send(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        &json,
+        svc("hc", r#"{"type":"NodePort","healthCheckNodePort":30556,"ports":[{"port":80}]}"#).as_bytes(),
+    );
+    assert_eq!(
+        (r.status, r.json()["message"].as_str()),
+        (
+            422,
+            Some(
+                "Service \"hc\" is invalid: spec.healthCheckNodePort: Invalid value: 30556: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"
+            )
+        ),
+        "{}",
+        r.text()
+    );
+    let r = send(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        &json,
+        svc("hc", r#"{"type":"LoadBalancer","externalTrafficPolicy":"Local","ports":[{"port":80}]}"#).as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let port = r.json()["spec"]["healthCheckNodePort"].as_u64().expect("a health-check node port");
+    assert!((30000..=32767).contains(&port), "{port}");
     let r = send("GET", &format!("{CM_PATH}?resourceVersion=abc"), &[], b"");
     assert_eq!(r.status, 400, "{}", r.text());
     let r = send("PATCH", &format!("{CM_PATH}/orig"), &[("content-type", "application/json-patch+json")], b"garbage");

@@ -243,6 +243,15 @@ fn services_reach_the_pods(backend: Backend) {
     b.wait_for("the node address to stop answering on 8081", T, |b| {
         !host_get(b, &format!("http://{}:8081/", b.node_ip)).0
     });
+    // And to NodePort again: the node port answers.
+    b.ok(&[
+        "patch",
+        "service",
+        "web-lb",
+        "-p",
+        r#"{"spec":{"type":"NodePort","ports":[{"name":"http","port":8081,"targetPort":"http","nodePort":30081}]}}"#,
+    ]);
+    b.wait_for("the node port of the changed Service", T, |b| host_get(b, &format!("http://{}:30081/", b.node_ip)).0);
 
     // ClientIP affinity: every request from one client lands on the same pod.
     let sticky = cluster_ip(&b, "web-sticky");

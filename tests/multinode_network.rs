@@ -2,7 +2,8 @@
 //! host and two joined `skiff agent`s on the others, each with its own containerd. Pods on
 //! different nodes reach each other through the VXLAN overlay with their own addresses, a
 //! cluster IP works from every node, `externalTrafficPolicy: Local` answers only where an
-//! endpoint runs (keeping the client's address), and a node's removal takes its routes, its
+//! endpoint runs (keeping the client's address; its health-check node port says where), and a
+//! node's removal takes its routes, its
 //! endpoints and its pods' names off every other node.
 //!
 //! Needs root, containerd, runc, the CNI plugins, nftables and busybox-static; without them
@@ -102,7 +103,8 @@ fn pods_and_services_span_three_nodes() {
         serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo"},
             "spec": {"selector": {"app": "echo"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}),
         serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo-local"},
-            "spec": {"type": "NodePort", "externalTrafficPolicy": "Local", "selector": {"app": "echo"},
+            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 30091,
+                     "selector": {"app": "echo"},
                      "ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": 30090}]}}),
         serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "spread"},
             "spec": {"clusterIP": "None", "selector": {"app": "spread"}, "ports": [{"name": "http", "port": 8080}]}}),
@@ -131,6 +133,27 @@ fn pods_and_services_span_three_nodes() {
     let got = who(&b, None, &h1.ip, 30090).expect("n1's node port");
     assert_eq!(got, format!("{} echo-n1", b.node_ip));
     assert!(who(&b, None, &h2.ip, 30090).is_err(), "n2 has no local endpoint and must not answer");
+    // Its health-check node port tells a load balancer the same: n1 has one local endpoint,
+    // n2 none.
+    let health = |host: &str| {
+        let script = format!("printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} 30091");
+        String::from_utf8_lossy(&b.exec("busybox", &["sh", "-c", &script]).stdout).into_owned()
+    };
+    wait_until(
+        "n1's health-check node port",
+        Duration::from_secs(10),
+        || health(&h1.ip).lines().next().is_some_and(|l| l.contains(" 200 ")),
+        || format!("{}\n{}", health(&h1.ip), logs()),
+    );
+    let (n1, n2) = (health(&h1.ip), health(&h2.ip));
+    let body: serde_json::Value = serde_json::from_str(n1.lines().last().unwrap_or("")).expect("JSON");
+    assert_eq!(
+        body,
+        serde_json::json!({"service": {"namespace": "default", "name": "echo-local"}, "localEndpoints": 1,
+                           "serviceProxyHealthy": true})
+    );
+    assert!(n2.lines().next().is_some_and(|l| l.contains(" 503 ")), "{n2}");
+    assert!(n2.contains(r#""localEndpoints":0"#), "{n2}");
 
     // The headless Service names pods of both nodes, on every node's DNS.
     let spread_n2 = pod_ip(&b, "spread-n2");

@@ -5,7 +5,8 @@
 //! chosen as upstream chooses them), renders that per address family with a [`Backend`] and
 //! applies the difference to the rules applied last as one transaction: [`nft`] (`nft -f -`,
 //! the default) or [`iptables`] (`iptables-restore`, for hosts without nftables). After each
-//! update, [`conntrack`] deletes the UDP flows of endpoints that left.
+//! update, [`conntrack`] deletes the UDP flows of endpoints that left, and [`health`] serves
+//! the health-check node ports of `externalTrafficPolicy: Local` load balancers.
 //!
 //! Invariants: an API client only (informers over a [`kube::Client`]), never the store; owns the
 //! `skiff` tables of the `ip` and `ip6` families (or the `SKIFF-` chains and the jumps into
@@ -13,6 +14,7 @@
 //! left alone (the agent answers on it).
 
 pub mod conntrack;
+pub mod health;
 pub mod iptables;
 pub mod model;
 pub mod nft;
@@ -267,6 +269,7 @@ async fn run_with<B: Backend>(
     let mut applied: [Applied<B::Rules>; 2] =
         [Applied { family: Family::V4, rules: None }, Applied { family: Family::V6, rules: None }];
     let mut model: Vec<ServicePort> = Vec::new();
+    let mut health_servers = health::Servers::new(cancel.child_token());
     let mut first = true;
     loop {
         if !first {
@@ -305,7 +308,8 @@ async fn run_with<B: Backend>(
             .filter_map(|c| c.parse().ok())
             .collect();
         let started = std::time::Instant::now();
-        let new_model = model::build(&services.list(), &slices.list(), &view);
+        let (service_list, slice_list) = (services.list(), slices.list());
+        let new_model = model::build(&service_list, &slice_list, &view);
         let mut failed = false;
         for a in &mut applied {
             let local = Local {
@@ -353,6 +357,7 @@ async fn run_with<B: Backend>(
                 Err(_) => return,
             }
         }
+        health_servers.update(health::wanted(&service_list, &slice_list, &cfg.node_name), !failed).await;
         let stale = conntrack::stale(&model, &new_model);
         if !stale.is_empty() {
             let _ = tokio::task::spawn_blocking(move || conntrack::delete(&stale)).await;

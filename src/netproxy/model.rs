@@ -118,6 +118,13 @@ pub struct NodeView {
     pub skip_ips: Vec<IpAddr>,
 }
 
+/// Whether this proxy serves `svc` at all: not when a label hands it to another proxy or says
+/// no proxy should.
+pub fn proxied(svc: &Service) -> bool {
+    let labels = svc.metadata.labels.as_ref();
+    !labels.is_some_and(|l| l.contains_key(PROXY_NAME_LABEL) || l.contains_key(HEADLESS_LABEL))
+}
+
 /// One endpoint as a slice lists it, before the choice.
 struct Candidate {
     ep: Endpoint,
@@ -137,8 +144,7 @@ pub fn build(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], node: &No
     let mut out = Vec::new();
     for svc in services {
         let Some(spec) = &svc.spec else { continue };
-        let labels = svc.metadata.labels.as_ref();
-        if labels.is_some_and(|l| l.contains_key(PROXY_NAME_LABEL) || l.contains_key(HEADLESS_LABEL)) {
+        if !proxied(svc) {
             continue;
         }
         if spec.type_.as_deref() == Some("ExternalName") {

@@ -147,37 +147,17 @@ impl Allocators {
         if svc_type == "NodePort" || svc_type == "LoadBalancer" {
             let count = svc.pointer("/spec/ports").and_then(|p| p.as_array()).map(|a| a.len()).unwrap_or(0);
             for i in 0..count {
-                let port = svc.pointer(&format!("/spec/ports/{i}/nodePort")).and_then(|v| v.as_u64());
+                let requested = svc.pointer(&format!("/spec/ports/{i}/nodePort")).and_then(|v| v.as_u64());
                 let field = format!("spec.ports[{i}].nodePort");
-                match port {
-                    Some(p) if old_held.node_ports.contains(&(p as u16)) && p <= u16::MAX as u64 => {}
-                    Some(p) if p < self.ports.0 as u64 || p > self.ports.1 as u64 => errors.push(FieldError::invalid(
-                        field,
-                        json!(p),
-                        format!(
-                            "provided port is not in the valid range. The range of valid ports is {}-{}",
-                            self.ports.0, self.ports.1
-                        ),
-                    )),
-                    Some(p) if s.ports.contains(&(p as u16)) || taken.node_ports.contains(&(p as u16)) => {
-                        errors.push(FieldError::invalid(field, json!(p), "provided port is already allocated"))
-                    }
-                    Some(p) => {
-                        s.ports.insert(p as u16);
-                        taken.node_ports.push(p as u16);
-                    }
-                    None => match self.next_free_port(&mut s) {
-                        Some(p) => {
-                            s.ports.insert(p);
-                            taken.node_ports.push(p);
-                            if let Some(port) =
-                                svc.pointer_mut(&format!("/spec/ports/{i}")).and_then(|v| v.as_object_mut())
-                            {
-                                port.insert("nodePort".into(), json!(p));
-                            }
+                match self.take_port(&mut s, requested, &old_held, &mut taken) {
+                    Ok(Some(p)) => {
+                        if let Some(port) = svc.pointer_mut(&format!("/spec/ports/{i}")).and_then(|v| v.as_object_mut())
+                        {
+                            port.insert("nodePort".into(), json!(p));
                         }
-                        None => errors.push(FieldError::invalid(field, json!(0), "range is full")),
-                    },
+                    }
+                    Ok(None) => {}
+                    Err((value, message)) => errors.push(FieldError::invalid(field, value, message)),
                 }
             }
         } else if let Some(ports) = svc.pointer_mut("/spec/ports").and_then(|p| p.as_array_mut()) {
@@ -186,6 +166,35 @@ impl Allocators {
                 if let Some(m) = p.as_object_mut() {
                     m.remove("nodePort");
                 }
+            }
+        }
+        // The health-check node port: held by LoadBalancers with externalTrafficPolicy Local.
+        let health = svc.pointer("/spec/healthCheckNodePort").and_then(|v| v.as_u64()).filter(|p| *p != 0);
+        if needs_health_check(svc) {
+            match self.take_port(&mut s, health, &old_held, &mut taken) {
+                Ok(Some(p)) => {
+                    if let Some(spec) = svc.get_mut("spec").and_then(|v| v.as_object_mut()) {
+                        spec.insert("healthCheckNodePort".into(), json!(p));
+                    }
+                }
+                Ok(None) => {}
+                Err((value, message)) => errors.push(FieldError::invalid("spec.healthCheckNodePort", value, message)),
+            }
+        } else if let Some(p) = health {
+            // Left over from before a change of type or policy: dropped with it, as upstream.
+            let carried = old.is_some_and(|o| {
+                needs_health_check(o) && o.pointer("/spec/healthCheckNodePort").and_then(|v| v.as_u64()) == Some(p)
+            });
+            if carried {
+                if let Some(spec) = svc.get_mut("spec").and_then(|v| v.as_object_mut()) {
+                    spec.remove("healthCheckNodePort");
+                }
+            } else {
+                errors.push(FieldError::invalid(
+                    "spec.healthCheckNodePort",
+                    json!(p),
+                    "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'",
+                ));
             }
         }
         if !errors.is_empty() {
@@ -198,6 +207,44 @@ impl Allocators {
             return Err(errors);
         }
         Ok(taken)
+    }
+
+    /// Takes the node port `requested` (or the next free one when `None`) for a Service that
+    /// already holds `old_held`. `Ok(Some(port))` when a port was chosen for the Service,
+    /// `Ok(None)` when it keeps the one it asked for; the error is the value and the message.
+    fn take_port(
+        &self,
+        s: &mut State,
+        requested: Option<u64>,
+        old_held: &Allocation,
+        taken: &mut Allocation,
+    ) -> Result<Option<u16>, (Value, String)> {
+        match requested {
+            Some(p) if p <= u16::MAX as u64 && old_held.node_ports.contains(&(p as u16)) => Ok(None),
+            Some(p) if p < self.ports.0 as u64 || p > self.ports.1 as u64 => Err((
+                json!(p),
+                format!(
+                    "provided port is not in the valid range. The range of valid ports is {}-{}",
+                    self.ports.0, self.ports.1
+                ),
+            )),
+            Some(p) if s.ports.contains(&(p as u16)) || taken.node_ports.contains(&(p as u16)) => {
+                Err((json!(p), "provided port is already allocated".to_string()))
+            }
+            Some(p) => {
+                s.ports.insert(p as u16);
+                taken.node_ports.push(p as u16);
+                Ok(None)
+            }
+            None => match self.next_free_port(s) {
+                Some(p) => {
+                    s.ports.insert(p);
+                    taken.node_ports.push(p);
+                    Ok(Some(p))
+                }
+                None => Err((json!(0), "range is full".to_string())),
+            },
+        }
     }
 
     /// Marks a specific address taken (the `kubernetes` Service's first IP).
@@ -247,6 +294,13 @@ fn set_cluster_ip(svc: &mut Value, ip: &str) {
     }
 }
 
+/// Whether a Service holds a health-check node port: a LoadBalancer whose external traffic
+/// stays on the node it arrives at.
+pub fn needs_health_check(svc: &Value) -> bool {
+    svc.pointer("/spec/type").and_then(|v| v.as_str()) == Some("LoadBalancer")
+        && svc.pointer("/spec/externalTrafficPolicy").and_then(|v| v.as_str()) == Some("Local")
+}
+
 /// What a stored Service holds.
 pub fn held(svc: &Value) -> Allocation {
     let mut a = Allocation::default();
@@ -260,6 +314,14 @@ pub fn held(svc: &Value) -> Allocation {
                 a.node_ports.push(n as u16);
             }
         }
+    }
+    if needs_health_check(svc)
+        && let Some(n) = svc
+            .pointer("/spec/healthCheckNodePort")
+            .and_then(|v| v.as_u64())
+            .filter(|n| *n <= u16::MAX as u64 && *n > 0)
+    {
+        a.node_ports.push(n as u16);
     }
     a
 }
@@ -279,6 +341,14 @@ pub fn carry_over_allocations(new: &mut Value, old: &Value) {
                 spec.insert("clusterIPs".into(), ips);
             }
         }
+    }
+    if needs_health_check(new)
+        && needs_health_check(old)
+        && new.pointer("/spec/healthCheckNodePort").is_none_or(|v| v.as_u64() == Some(0))
+        && let Some(p) = old.pointer("/spec/healthCheckNodePort").cloned()
+        && let Some(spec) = new.get_mut("spec").and_then(|s| s.as_object_mut())
+    {
+        spec.insert("healthCheckNodePort".into(), p);
     }
     let wants_ports = new_type == "NodePort" || new_type == "LoadBalancer";
     if wants_ports {
@@ -357,5 +427,47 @@ mod tests {
         assert_eq!(new["spec"]["ports"][0]["nodePort"], old["spec"]["ports"][0]["nodePort"]);
         let got = a.allocate(&mut new, Some(&old)).unwrap();
         assert_eq!(got, Allocation::default());
+    }
+
+    #[test]
+    fn local_load_balancers_hold_a_health_check_port() {
+        let a = Allocators::new("10.43.0.0/24".parse().unwrap(), (30000, 30010));
+        let lb = |extra: Value| {
+            let mut spec = json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"port": 80}]});
+            for (k, v) in extra.as_object().unwrap() {
+                spec[k] = v.clone();
+            }
+            svc(spec)
+        };
+        let mut s1 = lb(json!({}));
+        let got = a.allocate(&mut s1, None).unwrap();
+        let health = s1["spec"]["healthCheckNodePort"].as_u64().unwrap() as u16;
+        assert_eq!(got.node_ports.len(), 2);
+        assert!(got.node_ports.contains(&health));
+        assert_eq!(held(&s1), got);
+        // A port asked for is checked like a node port.
+        let mut s2 = lb(json!({"healthCheckNodePort": health}));
+        let e = a.allocate(&mut s2, None).unwrap_err();
+        assert_eq!(
+            e[0].to_string(),
+            format!("spec.healthCheckNodePort: Invalid value: {health}: provided port is already allocated")
+        );
+        // Only a Local LoadBalancer may have one.
+        let mut s3 = svc(json!({"type": "NodePort", "healthCheckNodePort": 30009, "ports": [{"port": 80}]}));
+        let e = a.allocate(&mut s3, None).unwrap_err();
+        assert_eq!(
+            e[0].to_string(),
+            "spec.healthCheckNodePort: Invalid value: 30009: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"
+        );
+        // An update that leaves it out keeps it; a change to policy Cluster drops and frees it.
+        let mut same = lb(json!({}));
+        carry_over_allocations(&mut same, &s1);
+        assert_eq!(same["spec"]["healthCheckNodePort"], json!(health));
+        assert_eq!(a.allocate(&mut same, Some(&s1)).unwrap(), Allocation::default());
+        let mut cluster = s1.clone();
+        cluster["spec"]["externalTrafficPolicy"] = json!("Cluster");
+        a.allocate(&mut cluster, Some(&s1)).unwrap();
+        assert!(cluster["spec"].get("healthCheckNodePort").is_none());
+        assert!(!held(&cluster).node_ports.contains(&health));
     }
 }
