@@ -439,3 +439,108 @@ fn pods_resolve_services_statefulset_pods_and_outside_names() {
         nslookup(b, &["-type=A", "late.default.svc.cluster.local"]).1.contains(&format!("Address: {late}"))
     });
 }
+
+/// Services whose endpoints are not the usual pods: a named target port only one of two pods
+/// defines, a target port no pod defines, an endpoint outside every pod CIDR (a process on the
+/// node itself), 1,000 endpoints in one slice; and node ports on 127.0.0.1 once the host routes
+/// DNATed loopback traffic (`route_localnet`).
+#[test]
+fn odd_endpoints_and_localhost_node_ports() {
+    require_node!();
+    let mut b = Box::start("odd");
+    let plain = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain", "labels": {"app": "mixed"}},
+        "spec": {"containers": [{"name": "web", "image": "busybox",
+                    "command": ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"],
+                    "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}],
+                 "terminationGracePeriodSeconds": 1},
+    });
+    let named = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "named", "labels": {"app": "mixed"}},
+        "spec": web_pod_spec(),
+    });
+    let svc = |name: &str, spec: serde_json::Value| serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec});
+    b.apply_all(&[
+        plain,
+        named,
+        svc("mixed", serde_json::json!({"selector": {"app": "mixed"}, "ports": [{"port": 80, "targetPort": "http"}]})),
+        svc("noport", serde_json::json!({"selector": {"app": "mixed"}, "ports": [{"port": 80, "targetPort": "nope"}]})),
+        svc(
+            "mixed-np",
+            serde_json::json!({"type": "NodePort", "selector": {"app": "mixed"},
+                               "ports": [{"port": 80, "targetPort": "http", "nodePort": 30082}]}),
+        ),
+    ]);
+    b.wait_for("plain and named Ready", T, |b| b.ready_pods() == 2);
+
+    // Only the pod that names the port is an endpoint.
+    let mixed = cluster_ip(&b, "mixed");
+    b.wait_for("the mixed Service to answer", T, |b| host_get(b, &format!("http://{mixed}/")).0);
+    for _ in 0..10 {
+        assert_eq!(host_get(&b, &format!("http://{mixed}/")), (true, "named".to_string()));
+    }
+    // A target port no pod has: no endpoints, so refused.
+    let noport = cluster_ip(&b, "noport");
+    let (ok, text) = host_get(&b, &format!("http://{noport}/"));
+    assert!(!ok && text.contains("Connection refused"), "{text}");
+
+    // 1,000 endpoints in one slice (nothing answers on them): the proxy takes them and keeps
+    // serving; a slice with 1,001 is refused by the API.
+    let endpoints: Vec<serde_json::Value> =
+        (0..1000).map(|i| serde_json::json!({"addresses": [format!("10.99.{}.{}", i / 250, i % 250 + 1)]})).collect();
+    let big_slice = |endpoints: &[serde_json::Value]| {
+        serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "big-1", "labels": {"kubernetes.io/service-name": "big"}},
+            "addressType": "IPv4", "ports": [{"name": "", "port": 8080, "protocol": "TCP"}], "endpoints": endpoints})
+    };
+    b.apply_all(&[svc("big", serde_json::json!({"ports": [{"port": 80}]})), big_slice(&endpoints)]);
+    b.wait_for("the 1,000 endpoints in the rules", T, |b| {
+        String::from_utf8_lossy(&b.exec("nft", &["list", "table", "ip", "skiff"]).stdout)
+            .contains("numgen random mod 1000")
+    });
+    let mut too_many = endpoints.clone();
+    too_many.push(serde_json::json!({"addresses": ["10.99.9.9"]}));
+    let (code, _, err) =
+        b.kubectl_with(&[], &["apply", "-f", "-"], Some(&serde_yaml::to_string(&big_slice(&too_many)).expect("yaml")));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("endpoints: Too many: 1001: must have at most 1000 items"), "{err}");
+
+    // An endpoint outside every pod CIDR: a web server on the node's own address.
+    let www = b.dir.path().join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    std::fs::write(www.join("index.html"), "on the node\n").expect("index");
+    let _host_server = node::KillOnDrop(
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", b.netns))
+            .args(["busybox", "httpd", "-f", "-p", &format!("{}:9100", b.node_ip), "-h"])
+            .arg(&www)
+            .spawn()
+            .expect("httpd"),
+    );
+    b.apply_all(&[
+        svc("outside", serde_json::json!({"ports": [{"port": 80, "targetPort": 9100}]})),
+        serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "outside-1", "labels": {"kubernetes.io/service-name": "outside"}},
+            "addressType": "IPv4", "ports": [{"name": "", "port": 9100, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [b.node_ip.clone()], "conditions": {"ready": true}}]}),
+    ]);
+    let outside = cluster_ip(&b, "outside");
+    b.wait_for("the node's own server through a cluster IP", T, |b| {
+        host_get(b, &format!("http://{outside}/")) == (true, "on the node".to_string())
+    });
+
+    // Node ports answer on 127.0.0.1 only once the host routes DNATed loopback traffic; the
+    // proxy reads that at its start.
+    let (ok, _) = host_get(&b, "http://127.0.0.1:30082/");
+    assert!(!ok, "a node port answered on 127.0.0.1 without route_localnet");
+    let out = b.exec("busybox", &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    b.kill9();
+    b.launch();
+    b.wait_for("the proxy's first sync after the restart", T, |b| {
+        b.log().matches("service proxy rules replaced").count() >= 2
+    });
+    b.wait_for("the node port on 127.0.0.1", T, |b| {
+        host_get(b, "http://127.0.0.1:30082/") == (true, "named".to_string())
+    });
+}

@@ -399,6 +399,54 @@ fn service(obj: &Value, errs: &mut Vec<FieldError>) {
     enum_value(errs, "spec.sessionAffinity", get(obj, "/spec/sessionAffinity"), &["ClientIP", "None"]);
 }
 
+/// An EndpointSlice's limits and addresses, as upstream checks them: at most 1,000 endpoints
+/// and 100 ports, 1 to 100 addresses per endpoint, each of the slice's address type.
+fn endpoint_slice(obj: &Value, errs: &mut Vec<FieldError>) {
+    let address_type = get(obj, "/addressType").and_then(|v| v.as_str()).unwrap_or("");
+    if address_type.is_empty() {
+        errs.push(FieldError::required("addressType", ""));
+    } else {
+        enum_value(errs, "addressType", get(obj, "/addressType"), &["IPv4", "IPv6", "FQDN"]);
+    }
+    let endpoints = arr(obj, "/endpoints");
+    if endpoints.len() > 1000 {
+        errs.push(FieldError::too_many("endpoints", endpoints.len(), 1000));
+        return;
+    }
+    let ports = arr(obj, "/ports");
+    if ports.len() > 100 {
+        errs.push(FieldError::too_many("ports", ports.len(), 100));
+    }
+    for (i, e) in endpoints.iter().enumerate() {
+        let addresses = arr(e, "/addresses");
+        let field = format!("endpoints[{i}].addresses");
+        if addresses.is_empty() {
+            errs.push(FieldError::required(field, "must contain at least 1 address"));
+            continue;
+        }
+        if addresses.len() > 100 {
+            errs.push(FieldError::too_many(field, addresses.len(), 100));
+            continue;
+        }
+        for (j, a) in addresses.iter().enumerate() {
+            let text = a.as_str().unwrap_or("");
+            let ok = match address_type {
+                "IPv4" => text.parse::<std::net::Ipv4Addr>().is_ok(),
+                "IPv6" => text.parse::<std::net::Ipv6Addr>().is_ok(),
+                _ => true,
+            };
+            if !ok {
+                let what = if address_type == "IPv4" { "IPv4" } else { "IPv6" };
+                errs.push(FieldError::invalid(
+                    format!("{field}[{j}]"),
+                    a.clone(),
+                    format!("must be a valid {what} address"),
+                ));
+            }
+        }
+    }
+}
+
 fn data_keys(obj: &Value, errs: &mut Vec<FieldError>, fields: &[&str]) {
     let mut total = 0usize;
     let mut seen = HashSet::new();
@@ -439,6 +487,7 @@ pub fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Fi
         ("batch", "cronjobs") => cronjob(obj, old, &mut errs),
         ("policy", "poddisruptionbudgets") => ratchet(&mut errs, obj, old, pod_disruption_budget),
         ("", "services") => service(obj, &mut errs),
+        ("discovery.k8s.io", "endpointslices") => endpoint_slice(obj, &mut errs),
         ("", "configmaps") => data_keys(obj, &mut errs, &["data", "binaryData"]),
         ("", "secrets") => data_keys(obj, &mut errs, &["data"]),
         ("coordination.k8s.io", "leases") => {
@@ -660,6 +709,33 @@ mod tests {
                 "spec.containers[1].name: Duplicate value: \"a\"",
                 "spec.restartPolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\"",
             ]
+        );
+    }
+
+    #[test]
+    fn endpoint_slices() {
+        let info = crate::api::registry::lookup("discovery.k8s.io", "v1", "endpointslices").unwrap();
+        let eps = |n: usize, addr: &str| -> Vec<Value> { (0..n).map(|_| json!({"addresses": [addr]})).collect() };
+        let slice = |t: &str, endpoints: Vec<Value>| json!({"addressType": t, "endpoints": endpoints});
+        assert!(validate(info, &slice("IPv4", eps(1000, "10.42.0.5")), None).is_empty());
+        assert_eq!(
+            texts(validate(info, &slice("IPv4", eps(1001, "10.42.0.5")), None)),
+            ["endpoints: Too many: 1001: must have at most 1000 items"]
+        );
+        assert_eq!(
+            texts(validate(
+                info,
+                &slice("IPv4", vec![json!({"addresses": ["fd00::1"]}), json!({"addresses": []})]),
+                None
+            )),
+            [
+                "endpoints[0].addresses[0]: Invalid value: \"fd00::1\": must be a valid IPv4 address",
+                "endpoints[1].addresses: Required value: must contain at least 1 address"
+            ]
+        );
+        assert_eq!(
+            texts(validate(info, &slice("IPX", vec![]), None)),
+            ["addressType: Unsupported value: \"IPX\": supported values: \"IPv4\", \"IPv6\", \"FQDN\""]
         );
     }
 
