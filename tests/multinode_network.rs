@@ -3,8 +3,8 @@
 //! different nodes reach each other through the VXLAN overlay with their own addresses, a
 //! cluster IP works from every node, `externalTrafficPolicy: Local` answers only where an
 //! endpoint runs (keeping the client's address; its health-check node port says where), and a
-//! node's removal takes its routes, its
-//! endpoints and its pods' names off every other node.
+//! node's removal takes its routes, its endpoints and its pods' names off every other node.
+//! With `--overlay host-gw` the same traffic takes plain routes through the nodes' addresses.
 //!
 //! Needs root, containerd, runc, the CNI plugins, nftables and busybox-static; without them
 //! the test prints why and passes without running.
@@ -185,4 +185,41 @@ fn pods_and_services_span_three_nodes() {
         logs,
     );
     assert!(lookup("client-box").contains(&pod_ip(&b, "spread-n1")));
+}
+
+/// `--overlay host-gw`: no VXLAN device, a plain route to the other node's pod CIDR through its
+/// address, and pods reach each other across it with their own addresses.
+#[test]
+fn host_gw_routes_pod_cidrs_through_node_addresses() {
+    require_node!();
+    let lan = Lan::new("hgw");
+    let b = Box::start_in(lan.host("srv"), &["--overlay", "host-gw"]);
+    let h1 = lan.host("n1");
+    let token = server_token(&b);
+    Agent::give_images(&b, "n1");
+    let a1 = Agent::start_with(&b, &h1, "n1", "n1", 20353, Some(&token), &["--overlay", "host-gw"]);
+    let log1 = a1.log.clone();
+    let logs = || node::tail(&std::fs::read_to_string(&log1).unwrap_or_default(), 40);
+    wait_until("two Ready nodes", T, || ["box", "n1"].iter().all(|n| node_ready(&b, n)), logs);
+    b.apply_all(&[echo_pod("echo-n1", "n1", "echo"), client_pod("client-box", "box")]);
+    b.wait_for("two pods Ready", T, |b| b.ready_pods() == 2);
+    let n1_cidr = b.ok(&["get", "node", "n1", "-o", "jsonpath={.spec.podCIDR}"]);
+    wait_until(
+        "box's route to n1's pods",
+        T,
+        || {
+            in_host(&b.host(), "ip", &["route", "show", "proto", "83"])
+                .contains(&format!("{n1_cidr} via {} dev eth0", h1.ip))
+        },
+        || format!("{}\n{}", in_host(&b.host(), "ip", &["route", "show", "proto", "83"]), logs()),
+    );
+    assert!(!in_host(&b.host(), "ip", &["-o", "link", "show"]).contains("skiff.1"), "host-gw makes no VXLAN device");
+    let (echo_ip, client_ip) = (pod_ip(&b, "echo-n1"), pod_ip(&b, "client-box"));
+    wait_until(
+        "client-box to reach echo-n1",
+        T,
+        || who(&b, Some("client-box"), &echo_ip, 8080).is_ok(),
+        || format!("{:?}\n{}", who(&b, Some("client-box"), &echo_ip, 8080), logs()),
+    );
+    assert_eq!(who(&b, Some("client-box"), &echo_ip, 8080), Ok(format!("{client_ip} echo-n1")));
 }

@@ -268,7 +268,7 @@ async fn run_with<B: Backend>(
     let localhost = localhost_nodeports();
     let mut applied: [Applied<B::Rules>; 2] =
         [Applied { family: Family::V4, rules: None }, Applied { family: Family::V6, rules: None }];
-    let mut model: Vec<ServicePort> = Vec::new();
+    let mut model: Arc<Vec<ServicePort>> = Arc::new(Vec::new());
     let mut health_servers = health::Servers::new(cancel.child_token());
     let mut first = true;
     loop {
@@ -308,8 +308,20 @@ async fn run_with<B: Backend>(
             .filter_map(|c| c.parse().ok())
             .collect();
         let started = std::time::Instant::now();
-        let (service_list, slice_list) = (services.list(), slices.list());
-        let new_model = model::build(&service_list, &slice_list, &view);
+        // Building and rendering take tens of milliseconds at a thousand Services: off the
+        // async threads, like the kernel updates.
+        let (service_list, slice_list, v, node_name) =
+            (services.list(), slices.list(), view.clone(), cfg.node_name.clone());
+        let Ok((new_model, wanted_health)) = tokio::task::spawn_blocking(move || {
+            (
+                Arc::new(model::build(&service_list, &slice_list, &v)),
+                health::wanted(&service_list, &slice_list, &node_name),
+            )
+        })
+        .await
+        else {
+            return;
+        };
         let mut failed = false;
         for a in &mut applied {
             let local = Local {
@@ -317,24 +329,28 @@ async fn run_with<B: Backend>(
                 pod_cidr: pod_cidrs.iter().find(|c| matches!(c, IpNet::V4(_)) == (a.family == Family::V4)).copied(),
                 localhost_nodeports: localhost,
             };
-            let rules = B::render(&new_model, &local);
-            // IPv6 rules only once some Service has an IPv6 address.
-            if a.family == Family::V6 && a.rules.is_none() && B::is_empty(&rules) {
-                continue;
-            }
-            if a.rules.as_ref() == Some(&rules) {
-                continue;
-            }
             let old = a.rules.take();
-            let whole = old.is_none();
+            let family = a.family;
+            let m = new_model.clone();
+            // (lines written and whether whole, or nothing to do; the rules the kernel has after)
             let synced = tokio::task::spawn_blocking(move || {
-                let r = B::sync(old.as_ref(), &rules, &local);
-                (r, rules)
+                let rules = B::render(&m, &local);
+                // IPv6 rules only once some Service has an IPv6 address.
+                if family == Family::V6 && old.is_none() && B::is_empty(&rules) {
+                    return (Ok(None), None);
+                }
+                if old.as_ref() == Some(&rules) {
+                    return (Ok(None), Some(rules));
+                }
+                let whole = old.is_none();
+                let r = B::sync(old.as_ref(), &rules, &local).map(|lines| Some((lines, whole)));
+                (r, Some(rules))
             })
             .await;
-            let family = a.family.name();
+            let family = family.name();
             match synced {
-                Ok((Ok(lines), rules)) => {
+                Ok((Ok(None), rules)) => a.rules = rules,
+                Ok((Ok(Some((lines, whole))), rules)) => {
                     let elapsed = started.elapsed();
                     if whole {
                         tracing::info!(
@@ -348,7 +364,7 @@ async fn run_with<B: Backend>(
                     } else {
                         tracing::debug!(family, lines, ?elapsed, "service rules applied");
                     }
-                    a.rules = Some(rules);
+                    a.rules = rules;
                 }
                 Ok((Err(e), _)) => {
                     tracing::error!(family, error = %e, "cannot apply the service rules; replacing them whole");
@@ -357,7 +373,7 @@ async fn run_with<B: Backend>(
                 Err(_) => return,
             }
         }
-        health_servers.update(health::wanted(&service_list, &slice_list, &cfg.node_name), !failed).await;
+        health_servers.update(wanted_health, !failed).await;
         let stale = conntrack::stale(&model, &new_model);
         if !stale.is_empty() {
             let _ = tokio::task::spawn_blocking(move || conntrack::delete(&stale)).await;

@@ -532,9 +532,23 @@ pub fn agent_command(b: &Box, host: &Host, dir: &str, name: &str, port: u16, tok
 
 impl Agent {
     pub fn start(b: &Box, host: &Host, dir: &str, name: &str, port: u16, token: Option<&str>) -> Agent {
+        Self::start_with(b, host, dir, name, port, token, &[])
+    }
+
+    /// [`Agent::start`] with more flags.
+    pub fn start_with(
+        b: &Box,
+        host: &Host,
+        dir: &str,
+        name: &str,
+        port: u16,
+        token: Option<&str>,
+        extra: &[&str],
+    ) -> Agent {
         let log = b.dir.path().join(format!("agent-{dir}-{}.log", std::process::id() ^ port as u32));
         let file = std::fs::File::create(&log).expect("agent log");
         let child = agent_command(b, host, dir, name, port, token)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
