@@ -106,7 +106,7 @@ Architecture: $ARCH
 Maintainer: skiff developers <skiff@localhost>
 Installed-Size: $SIZE_KB
 Depends: containerd, runc, containernetworking-plugins, nftables
-Recommends: iptables, kmod
+Recommends: iptables, conntrack, kmod
 Section: admin
 Priority: optional
 Description: single-binary Kubernetes distribution for edge boxes

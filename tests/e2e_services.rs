@@ -440,10 +440,39 @@ fn pods_resolve_services_statefulset_pods_and_outside_names() {
     });
 }
 
+/// A UDP client inside the box's namespace: one datagram every 200 ms from port 40000 to one
+/// address, until dropped (busybox's `nc` has no UDP).
+struct UdpStream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl UdpStream {
+    fn start(netns: &str, to: std::net::SocketAddr) -> UdpStream {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let ns = std::fs::File::open(format!("/var/run/netns/{netns}")).expect("netns");
+        std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let sock = std::net::UdpSocket::bind("0.0.0.0:40000").expect("bind the UDP client");
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = sock.send_to(b"x\n", to);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        UdpStream { stop }
+    }
+}
+
+impl Drop for UdpStream {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Services whose endpoints are not the usual pods: a named target port only one of two pods
 /// defines, a target port no pod defines, an endpoint outside every pod CIDR (a process on the
-/// node itself), 1,000 endpoints in one slice; and node ports on 127.0.0.1 once the host routes
-/// DNATed loopback traffic (`route_localnet`).
+/// node itself), 1,000 endpoints in one slice; a UDP flow that moves when its endpoint leaves;
+/// and node ports on 127.0.0.1 once the host routes DNATed loopback traffic (`route_localnet`).
 #[test]
 fn odd_endpoints_and_localhost_node_ports() {
     require_node!();
@@ -528,6 +557,32 @@ fn odd_endpoints_and_localhost_node_ports() {
     b.wait_for("the node's own server through a cluster IP", T, |b| {
         host_get(b, &format!("http://{outside}/")) == (true, "on the node".to_string())
     });
+
+    // A UDP client that keeps sending keeps its conntrack entry alive: when its endpoint
+    // leaves, the proxy deletes the entry and the next datagram goes to an endpoint that is
+    // still there.
+    let sleeper = |name: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "udp"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["sleep", "3600"]}],
+                     "terminationGracePeriodSeconds": 1}})
+    };
+    b.apply_all(&[
+        sleeper("udp-a"),
+        svc("udp", serde_json::json!({"selector": {"app": "udp"}, "ports": [{"port": 5353, "protocol": "UDP"}]})),
+    ]);
+    b.wait_for("udp-a Ready", T, |b| b.ready_pods() == 3);
+    let udp = cluster_ip(&b, "udp");
+    let a_ip = b.pod("udp-a").expect("udp-a")["status"]["podIP"].as_str().expect("IP").to_string();
+    let _client = UdpStream::start(&b.netns, format!("{udp}:5353").parse().expect("address"));
+    let flows = |b: &Box| {
+        String::from_utf8_lossy(&b.exec("conntrack", &["-L", "-p", "udp", "--orig-dst", &udp]).stdout).into_owned()
+    };
+    b.wait_for("the UDP flow to udp-a", T, |b| flows(b).contains(&format!("src={a_ip} ")));
+    b.apply_all(&[sleeper("udp-b")]);
+    b.wait_for("udp-b Ready", T, |b| b.ready_pods() == 4);
+    let b_ip = b.pod("udp-b").expect("udp-b")["status"]["podIP"].as_str().expect("IP").to_string();
+    b.ok(&["delete", "pod", "udp-a", "--wait=false"]);
+    b.wait_for("the UDP flow moved to udp-b", T, |b| flows(b).contains(&format!("src={b_ip} ")));
 
     // Node ports answer on 127.0.0.1 only once the host routes DNATed loopback traffic; the
     // proxy reads that at its start.
