@@ -599,3 +599,55 @@ fn odd_endpoints_and_localhost_node_ports() {
         host_get(b, "http://127.0.0.1:30082/") == (true, "named".to_string())
     });
 }
+
+/// A pod reaches the API server the way client libraries do from inside a cluster: through the
+/// `kubernetes` Service (the `KUBERNETES_SERVICE_HOST` address, and the name
+/// `kubernetes.default.svc` through the cluster DNS), with its projected service account token,
+/// and RBAC applies to it. The pod runs the machine's own `kubectl`.
+#[test]
+fn a_pod_reaches_the_api_through_the_kubernetes_service() {
+    require_node!();
+    let kubectl = std::fs::read("/usr/bin/kubectl").expect("kubectl");
+    let image = images::oci_archive_with("docker.io/library/kubectl:test", &[("bin/kubectl", &kubectl)]);
+    let b = Box::start_with_images("api", &[], &[("kubectl.tar", image)]);
+    b.apply_all(&[
+        serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader"}}),
+        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "reader-view"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": "default"}]}),
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "inside"},
+            "spec": {"serviceAccountName": "reader",
+                     "containers": [{"name": "c", "image": "docker.io/library/kubectl:test",
+                                     "imagePullPolicy": "IfNotPresent", "command": ["sleep", "3600"],
+                                     "env": [{"name": "HOME", "value": "/tmp"}]}],
+                     "terminationGracePeriodSeconds": 1}}),
+    ]);
+    b.wait_for("the kubectl pod Ready", T, |b| b.ready_pods() == 1);
+    let inside = |script: &str| {
+        let out = b.kubectl(&["exec", "inside", "--", "sh", "-c", script]);
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    // In-cluster configuration: the Service's address from the environment, the token and CA
+    // from the projected volume.
+    let (ok, out) = inside("echo $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT; kubectl get pods -o name");
+    assert!(ok, "{out}");
+    assert!(out.starts_with(&format!("{}:443\n", cluster_ip(&b, "kubernetes"))), "{out}");
+    assert!(out.contains("pod/inside"), "{out}");
+    // By name, verified against the projected CA.
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let (ok, out) = inside(&format!(
+        "kubectl --server https://kubernetes.default.svc --certificate-authority {sa}/ca.crt --token \"$(cat {sa}/token)\" get pods -o name"
+    ));
+    assert!(ok && out.contains("pod/inside"), "{out}");
+    // `view` lists, and does not create.
+    let (ok, out) = inside("kubectl run other --image=busybox --restart=Never");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(r#"pods is forbidden: User "system:serviceaccount:default:reader" cannot create resource "pods" in API group "" in the namespace "default""#),
+        "{out}"
+    );
+}

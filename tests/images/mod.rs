@@ -51,6 +51,11 @@ pub fn append_symlink(tar: &mut tar::Builder<Vec<u8>>, path: &str, target: &str)
 
 /// A root filesystem with busybox, a /bin link for each of its applets, and /tmp.
 pub fn busybox_layer() -> Vec<u8> {
+    busybox_layer_with(&[])
+}
+
+/// [`busybox_layer`] with more executables: (path, contents).
+pub fn busybox_layer_with(extra: &[(&str, &[u8])]) -> Vec<u8> {
     let mut tar = tar::Builder::new(Vec::new());
     let mut dir = tar::Header::new_gnu();
     dir.set_size(0);
@@ -65,6 +70,9 @@ pub fn busybox_layer() -> Vec<u8> {
     append_file(&mut tar, "bin/busybox", 0o755, &std::fs::read("/bin/busybox").expect("busybox"));
     for tool in applets() {
         append_symlink(&mut tar, &format!("bin/{tool}"), "busybox");
+    }
+    for (path, bytes) in extra {
+        append_file(&mut tar, path, 0o755, bytes);
     }
     tar.into_inner().expect("tar")
 }
@@ -113,8 +121,17 @@ pub fn oci_archive(name: &str) -> Vec<u8> {
 
 /// [`oci_archive`] with a config of its own (see [`variant_config`]).
 pub fn oci_archive_variant(name: &str, variant: &str) -> Vec<u8> {
+    oci_archive_of(name, variant, busybox_layer())
+}
+
+/// An OCI image layout of busybox and more executables (see [`busybox_layer_with`]).
+#[allow(dead_code)]
+pub fn oci_archive_with(name: &str, extra: &[(&str, &[u8])]) -> Vec<u8> {
+    oci_archive_of(name, "", busybox_layer_with(extra))
+}
+
+fn oci_archive_of(name: &str, variant: &str, layer: Vec<u8>) -> Vec<u8> {
     use std::io::Write;
-    let layer = busybox_layer();
     let config = variant_config(&layer, variant);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&layer).expect("gzip");

@@ -155,6 +155,11 @@ impl Box {
     }
 
     pub fn start_with(name: &str, extra: &[&str]) -> Box {
+        Self::start_with_images(name, extra, &[])
+    }
+
+    /// [`Box::start_with`] with more image archives (see [`Box::start_in_with_images`]).
+    pub fn start_with_images(name: &str, extra: &[&str], archives: &[(&str, Vec<u8>)]) -> Box {
         let netns = format!("ske-{}-{name}", std::process::id() % 100_000);
         let netns: String = netns.chars().take(40).collect();
         let _ = run("ip", &["netns", "del", &netns]);
@@ -178,17 +183,25 @@ impl Box {
             let out = run("ip", &args);
             assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Self::start_in(Host { netns, ip: node_ip, owned: true }, extra)
+        Self::start_in_with_images(Host { netns, ip: node_ip, owned: true }, extra, archives)
     }
 
     /// A box on `host` (a [`Lan`] host: other hosts of the LAN reach it at `host.ip`).
     pub fn start_in(host: Host, extra: &[&str]) -> Box {
+        Self::start_in_with_images(host, extra, &[])
+    }
+
+    /// [`Box::start_in`] with more image archives in the images folder: (file name, archive).
+    pub fn start_in_with_images(host: Host, extra: &[&str], archives: &[(&str, Vec<u8>)]) -> Box {
         // Short paths: containerd's socket path must fit in 107 bytes.
         let dir = tempfile::Builder::new().prefix("ske").tempdir_in("/tmp").expect("tempdir");
         let images = dir.path().join("data").join("agent").join("images");
         std::fs::create_dir_all(&images).expect("images dir");
         std::fs::write(images.join("busybox.tar"), crate::images::oci_archive("docker.io/library/busybox:latest"))
             .expect("image archive");
+        for (file, archive) in archives {
+            std::fs::write(images.join(file), archive).expect("image archive");
+        }
         std::fs::write(dir.path().join("config.yaml"), "").expect("config file");
         let mut b = Box {
             netns: host.netns.clone(),
