@@ -628,3 +628,29 @@ spec:
         assert!(refused.is_empty(), "{refused:#?}");
     }
 }
+
+/// An agent started while its server is down retries with backoff, says so once (not once per
+/// attempt), and joins as soon as the server answers.
+#[test]
+fn an_agent_waits_for_an_unreachable_server_and_joins_when_it_answers() {
+    require_node!();
+    let lan = Lan::new("wait");
+    let mut b = Box::start_in(lan.host("srv"), &["--disable-agent"]);
+    let w = lan.host("w");
+    let token = server_token(&b);
+    b.kill9();
+    let agent = Agent::start(&b, &w, "w", "w", 20261, Some(&token));
+    wait_until(
+        "the agent to find the server down",
+        Duration::from_secs(30),
+        || agent.log().contains("cannot reach the server; retrying with backoff"),
+        || agent.log(),
+    );
+    // Several attempts at growing intervals (0.5 s, 1 s, 2 s, ...).
+    std::thread::sleep(Duration::from_secs(4));
+    b.launch();
+    wait_until("the agent to be Ready", Duration::from_secs(60), || node_ready(&b, "w"), || agent.log());
+    let log = agent.log();
+    assert_eq!(log.matches("cannot reach the server").count(), 1, "{log}");
+    assert_eq!(log.matches("the server answers again").count(), 1, "{log}");
+}
