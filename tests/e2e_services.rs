@@ -495,6 +495,11 @@ fn odd_endpoints_and_localhost_node_ports() {
         svc("mixed", serde_json::json!({"selector": {"app": "mixed"}, "ports": [{"port": 80, "targetPort": "http"}]})),
         svc("noport", serde_json::json!({"selector": {"app": "mixed"}, "ports": [{"port": 80, "targetPort": "nope"}]})),
         svc(
+            "mixed-ext",
+            serde_json::json!({"selector": {"app": "mixed"}, "externalIPs": [b.node_ip.clone()],
+                               "ports": [{"port": 8083, "targetPort": "http"}]}),
+        ),
+        svc(
             "mixed-np",
             serde_json::json!({"type": "NodePort", "selector": {"app": "mixed"},
                                "ports": [{"port": 80, "targetPort": "http", "nodePort": 30082}]}),
@@ -508,6 +513,9 @@ fn odd_endpoints_and_localhost_node_ports() {
     for _ in 0..10 {
         assert_eq!(host_get(&b, &format!("http://{mixed}/")), (true, "named".to_string()));
     }
+    // An external IP (here the node's own address) answers on the Service's port.
+    let (ok, body) = host_get(&b, &format!("http://{}:8083/", b.node_ip));
+    assert!(ok && body == "named", "{body}");
     // A target port no pod has: no endpoints, so refused.
     let noport = cluster_ip(&b, "noport");
     let (ok, text) = host_get(&b, &format!("http://{noport}/"));
