@@ -583,8 +583,12 @@ fn pods_get_their_account_and_bound_tokens_die_with_their_pod() {
         review["error"],
         r#"[invalid bearer token, token audiences ["vault"] is invalid for the target audiences ["https://kubernetes.default.svc.cluster.local"]]"#
     );
-    // Garbage and a forged `alg: none` token are refused with a bare 401.
-    for bad in ["garbage", &format!("eyJhbGciOiJub25lIn0.{}.", token.trim().split('.').nth(1).unwrap())] {
+    // Garbage, a forged `alg: none` token and a token whose signature was altered are refused
+    // with a bare 401.
+    let (signed, signature) = token.trim().rsplit_once('.').unwrap();
+    let first = if signature.starts_with('A') { "B" } else { "A" };
+    let altered = format!("{signed}.{first}{}", &signature[1..]);
+    for bad in ["garbage", &format!("eyJhbGciOiJub25lIn0.{}.", token.trim().split('.').nth(1).unwrap()), &altered] {
         let err = fails_as(&s, &s.token_kubeconfig("bad", bad), &["get", "pods"]);
         assert_eq!(err.trim(), "error: You must be logged in to the server (Unauthorized)", "{bad}");
     }
@@ -651,4 +655,49 @@ fn impersonation_needs_the_impersonate_verb_for_each_part() {
     assert_eq!(ok_as(&s, &alice, &["auth", "can-i", "list", "pods", "-n", "shop", "--as=bob"]).trim(), "yes");
     let no = s.kubectl_as(&alice, &["auth", "can-i", "create", "pods", "-n", "shop", "--as=bob"]);
     assert_eq!(String::from_utf8_lossy(&no.stdout).trim(), "no");
+}
+
+/// The scheduler and the controllers act as their own users with upstream's roles, not as
+/// `system:masters`: without its binding each stops getting its work done, and with the binding
+/// back it catches up.
+#[test]
+fn the_scheduler_and_controllers_need_their_own_bindings() {
+    let s = Server::start();
+    let _sim = s.sim(&["--nodes", "1"]);
+    let t = Duration::from_secs(30);
+    s.ok(&["delete", "clusterrolebinding", "system:kube-scheduler", "system:controller:deployment-controller"]);
+    s.apply(
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}"#,
+    );
+    s.apply(
+        r#"{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "d"}},
+                     "template": {"metadata": {"labels": {"app": "d"}},
+                                  "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}"#,
+    );
+    // As system:masters both would be done well within this time.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        s.ok(&["get", "pod", "p", "-o", "jsonpath={.spec.nodeName}"]),
+        "",
+        "bound without the scheduler's binding"
+    );
+    assert_eq!(s.ok(&["get", "replicasets", "-o", "name"]), "", "a ReplicaSet without the controller's binding");
+    s.ok(&[
+        "create",
+        "clusterrolebinding",
+        "system:kube-scheduler",
+        "--clusterrole=system:kube-scheduler",
+        "--user=system:kube-scheduler",
+    ]);
+    s.ok(&[
+        "create",
+        "clusterrolebinding",
+        "system:controller:deployment-controller",
+        "--clusterrole=system:controller:deployment-controller",
+        "--serviceaccount=kube-system:deployment-controller",
+    ]);
+    s.wait_for("the pod bound", t, || !s.ok(&["get", "pod", "p", "-o", "jsonpath={.spec.nodeName}"]).is_empty());
+    s.wait_for("the Deployment's ReplicaSet", t, || !s.ok(&["get", "replicasets", "-o", "name"]).is_empty());
 }

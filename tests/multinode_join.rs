@@ -240,6 +240,10 @@ fn bad_tokens_are_refused_and_change_nothing() {
     let wrong_agent = as_agent_token(&["--token", "node:agent-only-secreT", "auth", "whoami"]);
     assert!(String::from_utf8_lossy(&wrong_agent.stderr).contains("Unauthorized"));
     assert_eq!(b.ok(&["get", "csr,secrets", "-A", "-o", "name"]), before, "nothing stored");
+    // It joins an agent (K10 pin, then `node:<secret>`), as the server token does.
+    let agent_token = format!("K10{}::node:agent-only-secret", skiff::pki::ca_hash(&ca));
+    let a1 = Agent::start(&b, &b.host(), "a1", "a1", 20263, Some(&agent_token));
+    wait_until("a1 to join with the agent token", Duration::from_secs(60), || node_ready(&b, "a1"), || a1.log());
 
     // A bootstrap token joins within its TTL, is refused after it and cleaned up.
     let kubeconfig = b.kubeconfig();
