@@ -611,7 +611,8 @@ fn odd_endpoints_and_localhost_node_ports() {
 /// A pod reaches the API server the way client libraries do from inside a cluster: through the
 /// `kubernetes` Service (the `KUBERNETES_SERVICE_HOST` address, and the name
 /// `kubernetes.default.svc` through the cluster DNS), with its projected service account token,
-/// and RBAC applies to it. The pod runs the machine's own `kubectl`.
+/// and RBAC applies to it. The pod runs the machine's own `kubectl`. A pod that opts out of the
+/// token has none.
 #[test]
 fn a_pod_reaches_the_api_through_the_kubernetes_service() {
     require_node!();
@@ -630,8 +631,15 @@ fn a_pod_reaches_the_api_through_the_kubernetes_service() {
                                      "imagePullPolicy": "IfNotPresent", "command": ["sleep", "3600"],
                                      "env": [{"name": "HOME", "value": "/tmp"}]}],
                      "terminationGracePeriodSeconds": 1}}),
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sealed"},
+            "spec": {"serviceAccountName": "reader", "automountServiceAccountToken": false,
+                     "containers": [{"name": "c", "image": "busybox", "command": ["sleep", "3600"]}],
+                     "terminationGracePeriodSeconds": 1}}),
     ]);
-    b.wait_for("the kubectl pod Ready", T, |b| b.ready_pods() == 1);
+    b.wait_for("the kubectl and sealed pods Ready", T, |b| b.ready_pods() == 2);
+    // `automountServiceAccountToken: false`: no token in the container.
+    let out = b.kubectl(&["exec", "sealed", "--", "ls", "/var/run/secrets/kubernetes.io/serviceaccount"]);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let inside = |script: &str| {
         let out = b.kubectl(&["exec", "inside", "--", "sh", "-c", script]);
         (

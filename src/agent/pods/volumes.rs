@@ -467,6 +467,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_held_token_is_renewed_after_four_fifths_of_its_lifetime() {
+        let cache = TokenCache::default();
+        let key: TokenKey = ("uid".into(), "default".into(), "api".into(), 3600);
+        cache.put(key.clone(), "t1".into(), std::time::Duration::from_millis(500));
+        assert_eq!(cache.get(&key).as_deref(), Some("t1"), "fresh: the same token is written again");
+        std::thread::sleep(std::time::Duration::from_millis(420));
+        assert_eq!(cache.get(&key), None, "past 80%: due for a new one");
+        // A new token replaces it; expired ones are dropped when the next is stored.
+        cache.put(key.clone(), "t2".into(), std::time::Duration::from_secs(3600));
+        assert_eq!(cache.get(&key).as_deref(), Some("t2"));
+        let other: TokenKey = ("uid2".into(), "default".into(), "api".into(), 3600);
+        cache.put(other, "t3".into(), std::time::Duration::from_millis(1));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        cache.put(key.clone(), "t4".into(), std::time::Duration::from_secs(3600));
+        assert_eq!(cache.tokens.lock().unwrap().len(), 1);
+    }
+
+    #[test]
     fn atomic_writes_swap_the_data_link_and_drop_removed_keys() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("cfg");
