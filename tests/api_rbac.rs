@@ -583,12 +583,28 @@ fn pods_get_their_account_and_bound_tokens_die_with_their_pod() {
         review["error"],
         r#"[invalid bearer token, token audiences ["vault"] is invalid for the target audiences ["https://kubernetes.default.svc.cluster.local"]]"#
     );
-    // Garbage, a forged `alg: none` token and a token whose signature was altered are refused
-    // with a bare 401.
+    // Garbage, a forged `alg: none` token, a token whose signature was altered and an expired
+    // one are refused with a bare 401.
     let (signed, signature) = token.trim().rsplit_once('.').unwrap();
     let first = if signature.starts_with('A') { "B" } else { "A" };
     let altered = format!("{signed}.{first}{}", &signature[1..]);
-    for bad in ["garbage", &format!("eyJhbGciOiJub25lIn0.{}.", token.trim().split('.').nth(1).unwrap()), &altered] {
+    // The same claims signed with the server's own key, but expired a minute ago.
+    let tls = s.data_dir().join("server").join("tls");
+    let key = skiff::pki::ServiceAccountKey::load_or_create(&tls.join("service.key"), &tls.join("service.pub"))
+        .expect("the server's signing key");
+    let mut claims = jwt_part(&s.ok(&["create", "token", "robot", "-n", "shop"]), 1);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    claims["exp"] = serde_json::json!(now - 60);
+    claims["iat"] = serde_json::json!(now - 3600);
+    claims["nbf"] = serde_json::json!(now - 3600);
+    let expired = key.sign(&claims).expect("sign");
+    claims["exp"] = serde_json::json!(now + 600);
+    let fresh = key.sign(&claims).expect("sign");
+    // (The same claims unexpired are accepted: only the expiry differs.)
+    ok_as(&s, &s.token_kubeconfig("fresh", &fresh), &["auth", "whoami"]);
+    for bad in
+        ["garbage", &format!("eyJhbGciOiJub25lIn0.{}.", token.trim().split('.').nth(1).unwrap()), &altered, &expired]
+    {
         let err = fails_as(&s, &s.token_kubeconfig("bad", bad), &["get", "pods"]);
         assert_eq!(err.trim(), "error: You must be logged in to the server (Unauthorized)", "{bad}");
     }
