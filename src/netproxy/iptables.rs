@@ -434,31 +434,7 @@ pub fn cleanup() -> Result<(), ProxyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netproxy::model::{PortId, Proto};
-
-    fn port(internal: Vec<Endpoint>) -> ServicePort {
-        ServicePort {
-            id: PortId { namespace: "default".into(), name: "web".into(), port_name: "http".into(), proto: Proto::Tcp },
-            proto: Proto::Tcp,
-            port: 80,
-            cluster_ips: vec!["10.43.0.100".parse().unwrap()],
-            node_port: None,
-            external_ips: vec![],
-            affinity: None,
-            external: internal.clone(),
-            has_endpoints: !internal.is_empty(),
-            internal,
-            external_local: false,
-        }
-    }
-
-    fn ep(ip: &str, port: u16) -> Endpoint {
-        Endpoint { ip: ip.parse().unwrap(), port, local: true }
-    }
-
-    fn v4() -> Local {
-        Local { family: Family::V4, pod_cidr: Some("10.42.0.0/24".parse().unwrap()), localhost_nodeports: false }
-    }
+    use crate::netproxy::fixtures::{ep, port, v4};
 
     fn sep(ip: &str) -> String {
         format!("SKIFF-SEP-{}", short_hash(&format!("default/web/tcp/http__{ip}/8080"), 16))

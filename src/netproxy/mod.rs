@@ -393,3 +393,34 @@ async fn run_with<B: Backend>(
 fn drain<K>(sub: &mut crate::runtime::Subscription<K>) {
     while sub.try_next().is_some() {}
 }
+
+/// What the backends' tests render: one TCP port of `default/web` on 10.43.0.100:80.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::model::{Endpoint, PortId, Proto, ServicePort};
+    use super::{Family, Local};
+
+    pub fn port(internal: Vec<Endpoint>) -> ServicePort {
+        ServicePort {
+            id: PortId { namespace: "default".into(), name: "web".into(), port_name: "http".into(), proto: Proto::Tcp },
+            proto: Proto::Tcp,
+            port: 80,
+            cluster_ips: vec!["10.43.0.100".parse().unwrap()],
+            node_port: None,
+            external_ips: vec![],
+            affinity: None,
+            external: internal.clone(),
+            has_endpoints: !internal.is_empty(),
+            internal,
+            external_local: false,
+        }
+    }
+
+    pub fn ep(ip: &str, port: u16) -> Endpoint {
+        Endpoint { ip: ip.parse().unwrap(), port, local: true }
+    }
+
+    pub fn v4() -> Local {
+        Local { family: Family::V4, pod_cidr: Some("10.42.0.0/24".parse().unwrap()), localhost_nodeports: false }
+    }
+}

@@ -373,31 +373,7 @@ pub fn cleanup_script() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netproxy::model::{PortId, Proto};
-
-    fn port(internal: Vec<Endpoint>) -> ServicePort {
-        ServicePort {
-            id: PortId { namespace: "default".into(), name: "web".into(), port_name: "http".into(), proto: Proto::Tcp },
-            proto: Proto::Tcp,
-            port: 80,
-            cluster_ips: vec!["10.43.0.100".parse().unwrap()],
-            node_port: None,
-            external_ips: vec![],
-            affinity: None,
-            external: internal.clone(),
-            has_endpoints: !internal.is_empty(),
-            internal,
-            external_local: false,
-        }
-    }
-
-    fn ep(ip: &str, port: u16) -> Endpoint {
-        Endpoint { ip: ip.parse().unwrap(), port, local: true }
-    }
-
-    fn v4() -> Local {
-        Local { family: Family::V4, pod_cidr: Some("10.42.0.0/24".parse().unwrap()), localhost_nodeports: false }
-    }
+    use crate::netproxy::fixtures::{ep, port, v4};
 
     #[test]
     fn hash_is_stable_base32() {
@@ -466,6 +442,31 @@ mod tests {
         assert_eq!(rs.chains[&e][1], format!("update @{set} {{ ip saddr }}"));
         assert_eq!(rs.maps["service-nodeports"]["tcp . 30080"], format!("goto {ext}"));
         assert_eq!(rs.maps["service-ips"]["172.31.0.2 . tcp . 80"], format!("goto {ext}"));
+    }
+
+    #[test]
+    fn ipv6_services_render_in_the_ip6_table() {
+        let mut p = port(vec![ep("fd00:42::5", 8080)]);
+        p.cluster_ips = vec!["fd00:43::100".parse().unwrap()];
+        let v6 =
+            Local { family: Family::V6, pod_cidr: Some("fd00:42::/64".parse().unwrap()), localhost_nodeports: true };
+        let rs = render(std::slice::from_ref(&p), &v6);
+        let e = format!("ep-{}-default/web/tcp/http__fd00.42..5/8080", hash("default/web/tcp/http__fd00.42..5/8080"));
+        assert_eq!(
+            rs.chains[&e],
+            vec!["ip6 saddr fd00:42::5 jump mark-for-masquerade", "meta l4proto tcp dnat to [fd00:42::5]:8080"]
+        );
+        assert!(rs.maps["service-ips"].contains_key("fd00:43::100 . tcp . 80"));
+        let whole = script(None, &rs, &v6);
+        assert!(
+            whole.contains("add map ip6 skiff service-ips { type ipv6_addr . inet_proto . inet_service : verdict ; }")
+        );
+        // Node ports never answer on ::1 (route_localnet is IPv4 only).
+        assert!(
+            whole.contains("fib daddr type local ip6 daddr != ::1/128 meta l4proto . th dport vmap @service-nodeports"),
+            "{whole}"
+        );
+        assert!(render(&[p], &v4()).chains.is_empty());
     }
 
     #[test]
