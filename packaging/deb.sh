@@ -106,7 +106,8 @@ Architecture: $ARCH
 Maintainer: skiff developers <skiff@localhost>
 Installed-Size: $SIZE_KB
 Depends: containerd, runc, containernetworking-plugins, nftables
-Recommends: iptables, conntrack, kmod
+Recommends: iptables, kmod
+Suggests: conntrack
 Section: admin
 Priority: optional
 Description: single-binary Kubernetes distribution for edge boxes
