@@ -67,14 +67,17 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// The backend `auto` stands for on this host: nftables when `nft` answers, else iptables
-    /// when `iptables-save` does; `None` when neither works.
+    /// The backend to use on this host: for `auto` nftables when `nft` answers, else iptables
+    /// when `iptables-save` does; a backend named explicitly only when its tool works. `None`
+    /// when nothing usable is left.
     pub fn resolve(self) -> Option<Mode> {
+        let (nft, ipt) = (nft::available, iptables::available);
         match self {
-            Mode::Auto if nft::available() => Some(Mode::Nftables),
-            Mode::Auto if iptables::available() => Some(Mode::Iptables),
-            Mode::Auto => None,
-            m => Some(m),
+            Mode::Auto if nft() => Some(Mode::Nftables),
+            Mode::Auto if ipt() => Some(Mode::Iptables),
+            Mode::Nftables if nft() => Some(Mode::Nftables),
+            Mode::Iptables if ipt() => Some(Mode::Iptables),
+            _ => None,
         }
     }
 }
@@ -242,9 +245,14 @@ pub async fn run(
     match tokio::task::spawn_blocking(move || asked.resolve()).await.ok().flatten() {
         Some(Mode::Iptables) => run_with::<Iptables>(client, cfg, services, slices, cancel).await,
         Some(_) => run_with::<Nft>(client, cfg, services, slices, cancel).await,
-        None => tracing::error!(
-            "neither nft nor iptables-save works on this host: Services are not served on this node (install nftables)"
-        ),
+        None => {
+            let missing = match asked {
+                Mode::Auto => "neither nft nor iptables-save works on this host (install nftables)",
+                Mode::Nftables => "--proxy-mode nftables: nft does not work on this host (install nftables)",
+                Mode::Iptables => "--proxy-mode iptables: iptables-save does not work on this host (install iptables)",
+            };
+            tracing::error!("{missing}: Services are not served on this node")
+        }
     }
 }
 
