@@ -212,6 +212,43 @@ fn malformed_and_invalid_bodies() {
 }
 
 #[test]
+fn values_of_the_wrong_type_and_numeric_quantities() {
+    let s = Server::start();
+    let deployment = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: three
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: c, image: busybox}]}
+";
+    let out = s.apply_stdin(&["create", "-f", "-"], deployment);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "Error from server (BadRequest): error when creating \"STDIN\": Deployment in version \"v1\" cannot be handled as \
+         a Deployment: json: cannot unmarshal string into Go struct field DeploymentSpec.spec.replicas of type int32"
+    );
+    // YAML numbers for quantities reach the API as JSON numbers; they are stored as strings, so
+    // that every reader's typed decode takes them.
+    let pod = "apiVersion: v1
+kind: Pod
+metadata: {name: q}
+spec:
+  containers:
+  - name: c
+    image: busybox
+    resources: {requests: {cpu: 0.5, memory: 64}, limits: {cpu: 1}}
+";
+    let out = s.apply_stdin(&["create", "-f", "-"], pod);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let resources = &s.get_json(&["pod", "q"])["spec"]["containers"][0]["resources"];
+    assert_eq!(resources["requests"], serde_json::json!({"cpu": "0.5", "memory": "64"}));
+    assert_eq!(resources["limits"], serde_json::json!({"cpu": "1"}));
+}
+
+#[test]
 fn authentication_failures() {
     let s = Server::start();
     let rt = rt();

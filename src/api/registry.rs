@@ -9,8 +9,10 @@
 /// the tests generate schemas: the binary carries them as data (`api::schema`).
 #[cfg(test)]
 pub type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
-/// See [`crate::api::decode::check`].
-pub type CheckFn = fn(&serde_json::Value) -> Result<crate::api::decode::DecodeReport, String>;
+/// The kind's typed decode (unknown field paths, or the error), which the tests hold
+/// [`crate::api::decode::check`] to.
+#[cfg(test)]
+pub type TypedFn = fn(&serde_json::Value) -> Result<Vec<String>, String>;
 
 /// The full verb set of an ordinary stored resource.
 pub const ALL_VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
@@ -61,8 +63,8 @@ pub struct ResourceInfo {
     pub definition: &'static str,
     #[cfg(test)]
     pub schema: SchemaFn,
-    /// Decodes a value as the kind's typed struct, reporting unknown fields or a type error.
-    pub check: CheckFn,
+    #[cfg(test)]
+    pub typed: TypedFn,
 }
 
 impl std::fmt::Debug for ResourceInfo {
@@ -138,11 +140,13 @@ macro_rules! res {
             definition: $def,
             #[cfg(test)]
             schema: |g: &mut schemars::SchemaGenerator| g.subschema_for::<$ty>(),
-            check: |v: &serde_json::Value| crate::api::decode::check::<$ty>(v),
+            #[cfg(test)]
+            typed: |v: &serde_json::Value| crate::api::decode::typed::<$ty>(v),
         }
     };
 }
 
+#[cfg(test)]
 use k8s_openapi::api as k;
 
 /// Every served resource, in the order discovery lists them.

@@ -40,7 +40,7 @@ fn parse(gz: &[u8]) -> Map<String, Value> {
 }
 
 /// The v2 definitions, parsed once and kept: navigation looks them up on every write.
-fn definitions() -> &'static Map<String, Value> {
+pub(crate) fn definitions() -> &'static Map<String, Value> {
     static DEFS: OnceLock<Map<String, Value>> = OnceLock::new();
     DEFS.get_or_init(|| parse(V2_GZ))
 }
@@ -95,7 +95,7 @@ fn collect_refs(v: &Value, prefix: &str, out: &mut Vec<String>) {
     }
 }
 
-fn ref_name(schema: &Value) -> Option<&str> {
+pub(crate) fn ref_name(schema: &Value) -> Option<&str> {
     if let Some(r) = schema.get("$ref").and_then(|r| r.as_str()) {
         return r.strip_prefix(PREFIX);
     }

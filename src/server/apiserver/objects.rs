@@ -249,7 +249,7 @@ impl Objects {
             };
             return Err(ApiError::bad_request(msg));
         }
-        let mut report = (info.check)(obj).map_err(|e| {
+        let mut report = crate::api::decode::check(info.definition, obj).map_err(|e| {
             ApiError::bad_request(format!(
                 "{} in version \"{}\" cannot be handled as a {}: {e}",
                 info.kind, info.version, info.kind
