@@ -8,7 +8,7 @@
 //! schema-building code, which was several MiB of the binary; the test `embedded_definitions_are_current` renders them again and fails when the
 //! file is stale (`SKIFF_WRITE_DEFINITIONS=1 cargo test embedded_definitions` rewrites it).
 //! Strategic merge patch and managed fields use the navigation to know, for a field, which
-//! type's rules apply.
+//! type's rules apply; `decode.rs` checks request bodies against the same definitions.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -39,7 +39,8 @@ fn parse(gz: &[u8]) -> Map<String, Value> {
     }
 }
 
-/// The v2 definitions, parsed once and kept: navigation looks them up on every write.
+/// The v2 definitions, parsed once and kept: navigation and the body checks use them on every
+/// write.
 pub(crate) fn definitions() -> &'static Map<String, Value> {
     static DEFS: OnceLock<Map<String, Value>> = OnceLock::new();
     DEFS.get_or_init(|| parse(V2_GZ))
