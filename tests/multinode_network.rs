@@ -139,11 +139,13 @@ fn pods_and_services_span_three_nodes() {
         let script = format!("printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} 30091");
         String::from_utf8_lossy(&b.exec("busybox", &["sh", "-c", &script]).stdout).into_owned()
     };
+    // Each node opens the port once its own proxy has seen the Service: wait for both.
+    let status_line = |host: &str, code: &str| health(host).lines().next().is_some_and(|l| l.contains(code));
     wait_until(
-        "n1's health-check node port",
+        "both nodes' health-check node port",
         Duration::from_secs(10),
-        || health(&h1.ip).lines().next().is_some_and(|l| l.contains(" 200 ")),
-        || format!("{}\n{}", health(&h1.ip), logs()),
+        || status_line(&h1.ip, " 200 ") && status_line(&h2.ip, " 503 "),
+        || format!("n1:\n{}\nn2:\n{}\n{}", health(&h1.ip), health(&h2.ip), logs()),
     );
     let (n1, n2) = (health(&h1.ip), health(&h2.ip));
     let body: serde_json::Value = serde_json::from_str(n1.lines().last().unwrap_or("")).expect("JSON");
