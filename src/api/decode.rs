@@ -214,21 +214,23 @@ fn shape_of(
 }
 
 /// One step of the path from the root to the value being checked.
-#[derive(Debug, Clone)]
-enum Seg {
-    Key(String),
+/// Keys borrow from the body being walked (or the path being parsed): the walk runs on every
+/// write and visits every key.
+#[derive(Debug, Clone, Copy)]
+enum Seg<'a> {
+    Key(&'a str),
     Index(usize),
 }
 
-struct Walk {
+struct Walk<'v> {
     shapes: &'static Shapes,
-    path: Vec<Seg>,
+    path: Vec<Seg<'v>>,
     /// The innermost struct around the value: Go's errors name it.
     owner: usize,
     unknown: Vec<String>,
 }
 
-impl Walk {
+impl<'v> Walk<'v> {
     /// The path as upstream reports unknown fields: `spec.containers[0].imagee`.
     fn path_with_indices(&self) -> String {
         let mut out = String::new();
@@ -269,7 +271,7 @@ impl Walk {
             .path
             .iter()
             .filter_map(|s| match s {
-                Seg::Key(k) => Some(k.as_str()),
+                Seg::Key(k) => Some(*k),
                 Seg::Index(_) => None,
             })
             .collect();
@@ -279,14 +281,14 @@ impl Walk {
         format!("Go struct field {}.{}", self.shapes.structs[self.owner].short_name(), keys.join("."))
     }
 
-    fn object(&mut self, index: usize, v: &mut Value) -> Result<(), String> {
+    fn object(&mut self, index: usize, v: &'v mut Value) -> Result<(), String> {
         let Value::Object(map) = v else {
             return Err(self.mismatch(v, &Shape::Struct(index)));
         };
         let outer = std::mem::replace(&mut self.owner, index);
         let shape = &self.shapes.structs[index];
         if let Some(missing) = shape.must_have.iter().find(|f| map.get(**f).is_none_or(Value::is_null)) {
-            self.path.push(Seg::Key(missing.to_string()));
+            self.path.push(Seg::Key(missing));
             return Err(format!("{}: required field is missing", self.field_name()));
         }
         if let Some((api_version, kind)) = &shape.identity {
@@ -295,7 +297,7 @@ impl Walk {
                     None => {}
                     Some(Value::String(s)) if s == expected => {}
                     Some(other) => {
-                        self.path.push(Seg::Key(field.to_string()));
+                        self.path.push(Seg::Key(field));
                         let message = format!("{}: {other} is not \"{expected}\"", self.field_name());
                         return Err(message);
                     }
@@ -304,7 +306,7 @@ impl Walk {
         }
         let fields = &shape.fields;
         for (key, child) in map.iter_mut() {
-            self.path.push(Seg::Key(key.clone()));
+            self.path.push(Seg::Key(key));
             match fields.get(key.as_str()) {
                 None => self.unknown.push(self.path_with_indices()),
                 // Every field of the typed structs is optional: null leaves it unset.
@@ -317,7 +319,7 @@ impl Walk {
         Ok(())
     }
 
-    fn value(&mut self, shape: &Shape, v: &mut Value) -> Result<(), String> {
+    fn value(&mut self, shape: &Shape, v: &'v mut Value) -> Result<(), String> {
         let fits = match (shape, &*v) {
             (Shape::Any, _) => true,
             (Shape::Bytes, Value::Null) => true,
@@ -358,16 +360,16 @@ impl Walk {
                     self.element(item, child)?;
                     self.path.pop();
                 }
-                true
+                return Ok(());
             }
             (Shape::Map(value), Value::Object(_)) => {
                 let Value::Object(map) = v else { return Ok(()) };
                 for (key, child) in map.iter_mut() {
-                    self.path.push(Seg::Key(key.clone()));
+                    self.path.push(Seg::Key(key));
                     self.element(value, child)?;
                     self.path.pop();
                 }
-                true
+                return Ok(());
             }
             _ => false,
         };
@@ -375,7 +377,7 @@ impl Walk {
     }
 
     /// A list item or a map value: no `Option` around it, so null only where the type takes it.
-    fn element(&mut self, shape: &Shape, v: &mut Value) -> Result<(), String> {
+    fn element(&mut self, shape: &Shape, v: &'v mut Value) -> Result<(), String> {
         if v.is_null() && !shape.takes_bare_null() {
             return Err(self.mismatch(v, shape));
         }
@@ -396,7 +398,7 @@ pub fn remove_path(v: &mut Value, path: &str) {
     for part in path.split('.') {
         let mut rest = part;
         if let Some(i) = rest.find('[') {
-            segments.push(Seg::Key(rest[..i].to_string()));
+            segments.push(Seg::Key(&rest[..i]));
             rest = &rest[i..];
             while let Some(end) = rest.find(']') {
                 if let Ok(n) = rest[1..end].parse::<usize>() {
@@ -405,14 +407,14 @@ pub fn remove_path(v: &mut Value, path: &str) {
                 rest = &rest[end + 1..];
             }
         } else {
-            segments.push(Seg::Key(rest.to_string()));
+            segments.push(Seg::Key(rest));
         }
     }
     let Some((last, parents)) = segments.split_last() else { return };
     let mut cur = v;
     for s in parents {
         let next = match s {
-            Seg::Key(k) => cur.get_mut(k.as_str()),
+            Seg::Key(k) => cur.get_mut(*k),
             Seg::Index(i) => cur.get_mut(*i),
         };
         match next {
@@ -421,7 +423,7 @@ pub fn remove_path(v: &mut Value, path: &str) {
         }
     }
     if let (Seg::Key(k), Some(m)) = (last, cur.as_object_mut()) {
-        m.remove(k);
+        m.remove(*k);
     }
 }
 
